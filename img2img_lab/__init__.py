@@ -1,0 +1,62 @@
+"""img2img_lab: image-to-image diffusion experiments on diffusers, side by side and reproducible.
+
+The public API is imported lazily, so ``import img2img_lab`` is instant and torch/diffusers are
+only imported when a function that needs them is first used.
+
+Example:
+    >>> import img2img_lab as lab
+    >>> pipe = lab.load_pipeline("tiny/sd15")          # offline random-weight smoke model
+    >>> result = lab.run_sweep(lab.SweepSpec(model="tiny/sd15", prompt="a cat",
+    ...                        image="cat", strength=[0.4, 0.8]), "runs/demo")
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # errors
+    "LabError": "errors",
+    "ValidationError": "errors",
+    "StoreError": "errors",
+    # models
+    "load_pipeline": "loaders",
+    "related_pipeline": "loaders",
+    "clear_pipeline_cache": "loaders",
+    "SCHEDULERS": "loaders",
+    "TINY_MODELS": "tiny",
+    "tiny_model_path": "tiny",
+    # images
+    "load_image": "images",
+    "sample_image": "images",
+    "image_hash": "images",
+    # sweeps
+    "SweepSpec": "spec",
+    "run_sweep": "runner",
+    "SweepResult": "runner",
+    "load_sweep": "runner",
+    # seeing results
+    "plot_grid": "grid",
+    "grid_image": "grid",
+    "explore": "widgets",
+    "add_metrics": "metrics",
+    "plot_tradeoff": "plots",
+    # reports
+    "report": "report",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'img2img_lab' has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
