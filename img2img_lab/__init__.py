@@ -34,7 +34,7 @@ _EXPORTS = {
     # sweeps
     "SweepSpec": "spec",
     "run_sweep": "runner",
-    "SweepResult": "runner",
+    "SweepResult": "result",
     "load_sweep": "runner",
     # seeing results
     "plot_grid": "grid",
