@@ -1,0 +1,66 @@
+"""Tiny models: each folder opens with its real diffusers class and runs an image-to-image call."""
+
+import hashlib
+
+import pytest
+import torch
+from PIL import Image
+
+from img2img_lab.errors import ValidationError
+from img2img_lab.tiny import TINY_MODELS, VERSION, tiny_model_path
+
+
+def _image(size):
+    return Image.new("RGB", (size, size), (200, 120, 40))
+
+
+def _generator():
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def sd15_path():
+    return tiny_model_path("tiny/sd15")
+
+
+def test_sd15_loads_as_img2img_and_runs(sd15_path):
+    from diffusers import AutoPipelineForImage2Image, StableDiffusionImg2ImgPipeline
+
+    pipe = AutoPipelineForImage2Image.from_pretrained(sd15_path)
+
+    assert isinstance(pipe, StableDiffusionImg2ImgPipeline)
+    assert pipe.vae_scale_factor == 8
+    assert pipe.safety_checker is None
+    out = pipe("a cat", image=_image(128), strength=0.5, num_inference_steps=4, generator=_generator())
+    assert out.images[0].size == (128, 128)
+
+
+def test_path_is_versioned_under_home(sd15_path):
+    assert sd15_path.name == f"sd15-v{VERSION}"
+    assert sd15_path.parent.name == "tiny"
+    assert (sd15_path / "model_index.json").is_file()
+    assert tiny_model_path("tiny/sd15") == sd15_path  # built once, then reused
+
+
+def test_unknown_name_is_a_validation_error():
+    with pytest.raises(ValidationError, match=r"`name`.*'tiny/nope'") as info:
+        tiny_model_path("tiny/nope")
+    for name in TINY_MODELS:
+        assert name in str(info.value)
+
+
+def _file_hashes(folder):
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_build_is_deterministic(monkeypatch, tmp_path):
+    hashes = []
+    for home in ("a", "b"):
+        monkeypatch.setenv("IMG2IMG_LAB_HOME", str(tmp_path / home))
+        hashes.append(_file_hashes(tiny_model_path("tiny/sd15")))
+    assert any(name.endswith(".safetensors") for name in hashes[0])
+    assert hashes[0] == hashes[1]
