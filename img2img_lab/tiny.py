@@ -95,7 +95,7 @@ def tiny_model_path(name: str) -> Path:
         >>> from diffusers import AutoPipelineForImage2Image
         >>> pipe = AutoPipelineForImage2Image.from_pretrained(tiny_model_path("tiny/sd15"))
     """
-    if name not in TINY_MODELS:
+    if not isinstance(name, str) or name not in TINY_MODELS:
         raise ValidationError(f"`name` must be one of {sorted(TINY_MODELS)}, got {name!r}")
     target = _cache_root() / "tiny" / f"{name.removeprefix('tiny/')}-v{VERSION}"
     if (target / _MARKER).is_file():
@@ -380,7 +380,7 @@ def _build_kandinsky22(folder: Path) -> None:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
         up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 32, 32),  # movq scale factor 8, as the real one
+        block_out_channels=(32, 32, 32, 32),  # movq scale factor 8, as the real one; SpatialNorm needs 32 groups
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -442,6 +442,12 @@ def _build_kandinsky22(folder: Path) -> None:
         image_processor=image_processor,
     )
     _save(prior_pipe, folder / "prior")
+    # Without torchvision, transformers 5 hands out CLIPImageProcessorPil for CLIPImageProcessor;
+    # record the class a real checkpoint names, so the folder is the same on every machine.
+    index_path = folder / "prior" / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["image_processor"] = ["transformers", "CLIPImageProcessor"]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def _build_controlnet_sd15(folder: Path) -> None:
@@ -484,9 +490,7 @@ def _build_sd_x2_latent_upscaler(folder: Path) -> None:
         timestep_post_act="gelu",
         layers_per_block=1,
     )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02, prediction_type="sample"
-    )
+    scheduler = EulerDiscreteScheduler(**_sd_scheduler_kwargs(), prediction_type="sample")
     pipe = StableDiffusionLatentUpscalePipeline(
         vae=_vae(),  # the same weights as tiny/sd15's VAE, so sd15 latents decode here too
         text_encoder=_text_encoder(),
