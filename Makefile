@@ -1,0 +1,23 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= runs/demo
+
+.PHONY: setup demo test browser
+
+$(VENV)/.installed: pyproject.toml scripts/setup_env.sh
+	bash scripts/setup_env.sh $(VENV)
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The main job: a sweep report on the embedded tiny model, offline.
+demo: setup
+	$(VENV)/bin/img2img-lab demo --out $(OUT)
+
+browser:
+	bash scripts/install_browser.sh
+
+test: setup browser
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc

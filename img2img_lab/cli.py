@@ -1,0 +1,129 @@
+"""The `img2img-lab` command line: run sweeps and reports; bad input exits non-zero with one line.
+
+    img2img-lab sweep SPEC.yaml [--model M] [--out DIR] [--set key=value ...]
+    img2img-lab demo [--out DIR]
+    img2img-lab models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import LabError
+
+ROOT = Path(__file__).resolve().parent
+DEMO_SPEC = ROOT / "assets" / "demo.yaml"
+
+
+def _spec_from_args(args):
+    from .spec import SweepSpec, parse_set
+
+    spec = SweepSpec.from_yaml(args.spec)
+    changes = {}
+    if getattr(args, "model", None):
+        changes["model"] = args.model
+    for item in getattr(args, "set", None) or []:
+        key, value = parse_set(item)
+        changes[key] = value
+    return spec.replace(**changes) if changes else spec
+
+
+def _summary(result, limit: int = 20) -> str:
+    import pandas as pd
+
+    df = result.df
+    if df.empty:
+        return "(no rows)"
+    cols = [c for c in result.swept if c in df.columns] + ["status", "seconds"]
+    view = df[cols].copy()
+    for col in view.columns:
+        if view[col].dtype == object:
+            view[col] = view[col].map(lambda v: v if not isinstance(v, str) or len(v) <= 28 else v[:25] + "...")
+    with pd.option_context("display.width", 120, "display.max_columns", 12):
+        text = view.to_string(index=False, max_rows=limit)
+    counts = df["status"].value_counts().to_dict()
+    return f"{text}\n\n{len(df)} images: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def cmd_sweep(args) -> int:
+    from .runner import run_sweep
+
+    spec = _spec_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    result = run_sweep(spec, out, progress=not args.quiet, batched=not args.no_batched,
+                       max_batch_size=args.max_batch_size)
+    print(_summary(result))
+    print(f"\nresults: {result.out_dir / 'results.parquet'}\nimages:  {result.out_dir / 'images'}")
+    return 0 if (result.df["status"] != "error").all() else 1
+
+
+def cmd_demo(args) -> int:
+    """The README's main job: a small sweep on the embedded tiny model, its table and a grid."""
+    from .grid import grid_image
+    from .runner import run_sweep
+    from .spec import SweepSpec
+
+    spec = SweepSpec.from_yaml(DEMO_SPEC)
+    if args.model:
+        spec = spec.replace(model=args.model)
+    out = Path(args.out)
+    result = run_sweep(spec, out, progress=not args.quiet)
+    grid_path = out / "grid.png"
+    grid_image(result, x="strength", y="guidance_scale").save(grid_path)
+    print(_summary(result))
+    print(f"\nresults: {out / 'results.parquet'}\ngrid:    {grid_path}")
+    return 0 if (result.df["status"] != "error").all() else 1
+
+
+def cmd_models(args) -> int:
+    from .tiny import TINY_MODELS
+
+    for name, text in TINY_MODELS.items():
+        print(f"{name:28s} {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="img2img-lab", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sweep = sub.add_parser("sweep", help="run, resume or extend a sweep spec")
+    sweep.add_argument("spec", help="sweep spec (YAML)")
+    sweep.add_argument("--model", help="override the spec's model (e.g. tiny/sd15 runs offline)")
+    sweep.add_argument("--out", help="sweep folder (default runs/<spec name>)")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a spec key, e.g. --set strength=[0.3,0.6] (repeatable)")
+    sweep.add_argument("--no-batched", action="store_true", help="one pipeline call per cell")
+    sweep.add_argument("--max-batch-size", type=int, default=8)
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(func=cmd_sweep)
+
+    demo = sub.add_parser("demo", help="the offline demo sweep on the tiny model")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--model", help="run the demo on another model")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    models = sub.add_parser("models", help="list the embedded tiny models")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LabError as exc:
+        print(f"img2img-lab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("img2img-lab: interrupted; finished cells are saved, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

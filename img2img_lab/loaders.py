@@ -1,0 +1,605 @@
+"""Loading image-to-image pipelines: hub ids, local folders, single files and the tiny models.
+
+Everything goes through diffusers' own loaders (`AutoPipelineForImage2Image.from_pretrained`,
+`DiffusionPipeline.from_pretrained`, `from_single_file`, `from_pipe`); this module validates the
+options first, picks the right class, applies the speed/memory knobs, and caches the result.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+from .errors import ValidationError
+
+logger = logging.getLogger(__name__)
+
+# Hub ids that moved: old id -> maintained mirror.
+MOVED_MODELS = {
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "runwayml/stable-diffusion-inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+}
+# Kandinsky 2.2 decoders need a prior; AutoPipeline would otherwise fetch this one from the hub.
+KANDINSKY_PRIORS = {"kandinsky-community/kandinsky-2-2-decoder": "kandinsky-community/kandinsky-2-2-prior"}
+# Pipelines that AutoPipelineForImage2Image does not map; loaded with DiffusionPipeline instead.
+DIRECT_CLASSES = {"StableDiffusionLatentUpscalePipeline", "StableDiffusionUpscalePipeline"}
+KANDINSKY_DECODERS = {"KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22Img2ImgCombinedPipeline"}
+PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
+SINGLE_FILE_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES
+
+DTYPES = {
+    "float32": "float32", "fp32": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
+OFFLOAD = (None, "model", "sequential")
+ATTENTION = (None, "sdpa", "xformers")
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
+
+# Every option load_pipeline accepts, with its default.
+DEFAULT_OPTIONS = {
+    "dtype": None,            # None: float16 on CUDA, float32 elsewhere
+    "device": None,           # None / "auto": cuda, then mps, then cpu
+    "variant": "auto",        # "auto": "fp16" when loading float16 and the repo has it
+    "use_safetensors": True,
+    "allow_pickle": False,
+    "controlnet": None,       # hub id, folder, ControlNetModel, or a list of them
+    "scheduler": None,        # a name from SCHEDULERS, swapped via from_config
+    "offload": None,          # "model" | "sequential" | None
+    "attention": None,        # "sdpa" | "xformers" | None (diffusers' default: SDPA on PyTorch 2)
+    "vae_slicing": False,
+    "vae_tiling": False,
+    "compile": False,         # torch.compile the denoiser: True or a mode ("reduce-overhead", ...)
+    "prior": None,            # Kandinsky 2.2 prior: hub id or local folder
+    "vae": None,              # replacement VAE: hub id or folder (e.g. madebyollin/sdxl-vae-fp16-fix)
+    "config": None,           # single-file loads: diffusers-layout folder or hub id for the config
+    "revision": None,
+    "cache": True,            # reuse an already loaded pipeline with the same model and options
+}
+
+_CACHE: dict = {}
+
+
+def __getattr__(name):
+    if name == "SCHEDULERS":
+        from .spec import SCHEDULER_NAMES
+
+        return SCHEDULER_NAMES
+    raise AttributeError(name)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _suggest(value, choices) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        shown = [c for c in choices if c is not None]
+        raise ValidationError(f"`{name}` must be one of {shown} or None, got {value!r}{_suggest(value, shown)}")
+
+
+def resolve_device(device=None) -> str:
+    """The device a pipeline will run on: the one asked for, or cuda / mps / cpu in that order."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    text = str(device)
+    kind = text.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValidationError(f"`device` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValidationError(f"`device` is {device!r} but no CUDA GPU is available here (use 'cpu' or 'auto')")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValidationError(f"`device` is {device!r} but MPS is not available here")
+    return text
+
+
+def resolve_dtype(dtype, device: str):
+    """The torch dtype to load in: float16 on CUDA by default, float32 elsewhere."""
+    import torch
+
+    if dtype is None:
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    name = str(dtype).replace("torch.", "") if isinstance(dtype, torch.dtype) else dtype
+    if name not in DTYPES:
+        raise ValidationError(f"`dtype` must be one of {sorted(set(DTYPES.values()))}, got {dtype!r}")
+    name = DTYPES[name]
+    if name == "float16" and device == "cpu":
+        raise ValidationError(
+            f"`dtype` float16 can't run on device 'cpu' (half-precision convolutions are not "
+            f"supported there); use dtype='float32' or 'bfloat16', got dtype={dtype!r}"
+        )
+    if name == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise ValidationError(f"`dtype` bfloat16 is not supported by this GPU, got dtype={dtype!r}")
+    return getattr(torch, name)
+
+
+def validate_options(options: dict) -> dict:
+    """Check every `load_pipeline` option before anything loads; returns the full option dict."""
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        name = unknown[0]
+        raise ValidationError(
+            f"unknown option `{name}`={options[name]!r} for load_pipeline{_suggest(name, DEFAULT_OPTIONS)}; "
+            f"valid options: {sorted(DEFAULT_OPTIONS)}"
+        )
+    opts = {**DEFAULT_OPTIONS, **options}
+    _check_choice("offload", opts["offload"], OFFLOAD)
+    _check_choice("attention", opts["attention"], ATTENTION)
+    if opts["compile"] not in COMPILE_MODES:
+        raise ValidationError(f"`compile` must be one of {list(COMPILE_MODES)}, got {opts['compile']!r}")
+    for flag in ("use_safetensors", "allow_pickle", "vae_slicing", "vae_tiling", "cache"):
+        if not isinstance(opts[flag], bool):
+            raise ValidationError(f"`{flag}` must be True or False, got {opts[flag]!r}")
+    if opts["variant"] is not None and not isinstance(opts["variant"], str):
+        raise ValidationError(f"`variant` must be a string such as 'fp16', 'auto' or None, got {opts['variant']!r}")
+    if opts["scheduler"] is not None:
+        from .spec import SCHEDULER_NAMES
+
+        if opts["scheduler"] not in SCHEDULER_NAMES:
+            raise ValidationError(
+                f"`scheduler` must be one of {sorted(SCHEDULER_NAMES)}, got {opts['scheduler']!r}"
+                f"{_suggest(opts['scheduler'], SCHEDULER_NAMES)}"
+            )
+    if opts["attention"] == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise ValidationError(
+                "`attention`='xformers' needs the xformers package (pip install xformers); "
+                "on PyTorch 2 the default SDPA attention is as fast"
+            ) from None
+    for name in ("prior", "vae", "config"):
+        value = opts[name]
+        if value is not None and not isinstance(value, str) and not hasattr(value, "config"):
+            raise ValidationError(f"`{name}` must be a hub id or a local path, got {value!r}")
+        if isinstance(value, str) and _looks_like_path(value) and not Path(value).expanduser().exists():
+            raise ValidationError(f"`{name}` path does not exist: {value!r}")
+    controlnets = opts["controlnet"] if isinstance(opts["controlnet"], (list, tuple)) else [opts["controlnet"]]
+    for cn in controlnets:
+        if isinstance(cn, str) and _looks_like_path(cn) and not Path(cn).expanduser().exists():
+            raise ValidationError(f"`controlnet` path does not exist: {cn!r}")
+    # device/dtype last: they import torch
+    opts["device"] = resolve_device(opts["device"])
+    opts["dtype"] = resolve_dtype(opts["dtype"], opts["device"])
+    if opts["offload"] and not opts["device"].startswith(("cuda", "xpu")):
+        raise ValidationError(
+            f"`offload`={opts['offload']!r} moves weights between CPU and an accelerator; it needs a "
+            f"CUDA device, got device={opts['device']!r}"
+        )
+    return opts
+
+
+# --------------------------------------------------------------------------------------------
+# model sources
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        text.startswith(("/", "./", "../", "~", "\\"))
+        or bool(re.match(r"^[A-Za-z]:[\\/]", text))
+        or Path(text).suffix.lower() in SINGLE_FILE_SUFFIXES
+        or os.sep in text.strip("/").replace("/", "", 1)  # more than one separator: not owner/name
+    )
+
+
+def resolve_model(model) -> tuple[str, str]:
+    """Classify `model`: returns (kind, source) with kind in tiny / folder / file / hub."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str) or not model.strip():
+        raise ValidationError(f"`model` must be a hub id, a local path or a tiny model name, got {model!r}")
+    if model.startswith("tiny/"):
+        from .tiny import TINY_MODELS
+
+        if model not in TINY_MODELS:
+            raise ValidationError(
+                f"`model` {model!r} is not an embedded tiny model; choose one of {sorted(TINY_MODELS)}"
+                f"{_suggest(model, TINY_MODELS)}"
+            )
+        return "tiny", model
+    if model in MOVED_MODELS:
+        warnings.warn(
+            f"`model` {model!r} was deleted from the Hugging Face Hub; loading its maintained mirror "
+            f"{MOVED_MODELS[model]!r} instead",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "hub", MOVED_MODELS[model]
+    path = Path(model).expanduser()
+    if path.exists():
+        if path.is_dir():
+            if not (path / "model_index.json").exists():
+                raise ValidationError(
+                    f"`model` folder {model!r} is not in diffusers layout (no model_index.json); "
+                    f"for a single checkpoint file pass the file itself"
+                )
+            return "folder", str(path)
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ValidationError(
+                f"`model` file {model!r} must be a .safetensors checkpoint (or, with allow_pickle=True, "
+                f".ckpt/.bin), got suffix {path.suffix!r}"
+            )
+        return "file", str(path)
+    if _looks_like_path(model):
+        raise ValidationError(f"`model` path does not exist: {model!r}")
+    if not _HUB_ID.match(model):
+        raise ValidationError(
+            f"`model` {model!r} is neither an existing local path nor a hub id of the form 'owner/name'"
+        )
+    return "hub", model
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _cache_key(model, options) -> tuple:
+    def freeze(v):
+        if isinstance(v, (list, tuple)):
+            return tuple(freeze(x) for x in v)
+        if isinstance(v, (str, int, float, bool, type(None))):
+            return v
+        return ("object", id(v))
+
+    return (str(model),) + tuple(sorted((k, freeze(v) if k != "dtype" else str(v)) for k, v in options.items()))
+
+
+def load_pipeline(model, **options):
+    """Load a ready image-to-image pipeline.
+
+    Args:
+        model: a hub repo id (loaded with `AutoPipelineForImage2Image.from_pretrained`), a local
+            folder in diffusers layout, a single `.safetensors` checkpoint (`from_single_file` of
+            the right class), or an embedded tiny model name such as `"tiny/sd15"` (offline,
+            random weights: pictures are noise, code paths are real). Upscaler repos load with
+            `DiffusionPipeline` (they are not image-to-image pipelines for AutoPipeline).
+        **options: diffusers' own names where they exist. `dtype` (default float16 on CUDA,
+            float32 elsewhere), `device` (default auto), `variant` ("auto": "fp16" when loading
+            float16 and the repo has it, else full precision with a note), `use_safetensors`
+            (default True), `allow_pickle` (default False: `.bin`/`.ckpt` weights are refused),
+            `controlnet` (id, folder, model or list), `scheduler` (name, see `SCHEDULERS`),
+            `offload` ("model" | "sequential"), `attention` ("sdpa" | "xformers"),
+            `vae_slicing`, `vae_tiling`, `compile` (True or a torch.compile mode), `prior`
+            (Kandinsky 2.2 prior id or folder), `vae` (replacement VAE id or folder), `config`
+            (config repo/folder for single-file loads), `revision`, `cache` (default True).
+
+    Returns:
+        A diffusers pipeline, e.g. `StableDiffusionImg2ImgPipeline`.
+
+    Example:
+        >>> pipe = lab.load_pipeline("tiny/sd15")
+        >>> pipe = lab.load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5",
+        ...                          scheduler="dpm++2m", offload="model")
+    """
+    # 1. validate everything before any weight is read
+    kind, source = resolve_model(model)
+    opts = validate_options(options)
+    key = _cache_key(source, {k: v for k, v in opts.items() if k != "cache"})
+    if opts["cache"] and key in _CACHE:
+        return _CACHE[key]
+    # 2. load with diffusers
+    if kind == "tiny":
+        from .tiny import tiny_model_path
+
+        source_path = str(tiny_model_path(source))
+        pipe = _load_pretrained(source_path, opts, tiny=source)
+    elif kind == "file":
+        pipe = _load_single_file(source, opts)
+    else:
+        pipe = _load_pretrained(source, opts)
+    # 3. scheduler, device/dtype, memory and speed knobs
+    _apply_options(pipe, opts)
+    pipe.img2img_lab_info = {"model": str(model), "source": source, "kind": kind,
+                             "options": {k: (str(v) if k == "dtype" else v) for k, v in opts.items()
+                                         if isinstance(v, (str, int, float, bool, type(None))) or k == "dtype"}}
+    if opts["cache"]:
+        _CACHE[key] = pipe
+    return pipe
+
+
+def clear_pipeline_cache() -> None:
+    """Forget every cached pipeline (frees their memory once no one else holds them)."""
+    _CACHE.clear()
+    try:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _read_model_index(source: str, opts) -> dict:
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.load_config(source, revision=opts["revision"])
+    except Exception as exc:
+        raise ValidationError(
+            f"`model` {source!r} could not be found: it is not a local folder and the hub could not "
+            f"be reached or has no such repo ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
+
+
+def _weights_are_pickle_only(folder: Path) -> bool:
+    weights = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".pth")]
+    return bool(weights) and not any(p.suffix == ".safetensors" for p in weights)
+
+
+def _check_pickle(source: str, opts) -> None:
+    path = Path(source)
+    if path.is_dir() and _weights_are_pickle_only(path) and not opts["allow_pickle"]:
+        raise ValidationError(
+            f"`model` folder {source!r} holds only pickle weights (.bin/.ckpt), which can run arbitrary "
+            f"code when loaded; convert it to safetensors, or pass allow_pickle=True if you trust it"
+        )
+
+
+def _dtype_kwarg(dtype) -> dict:
+    """diffusers renamed `torch_dtype` to `dtype` (0.36+); pass whichever this version takes."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+        return {"dtype": dtype}
+    except ImportError:
+        return {"torch_dtype": dtype}
+
+
+def _load_component(value, cls_name: str, opts, what: str):
+    """A sub-model given as an object, hub id or folder (controlnet, vae)."""
+    if not isinstance(value, str):
+        return value
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+    kind, src = ("folder", value) if Path(value).expanduser().exists() else ("hub", value)
+    if kind == "folder":
+        _check_pickle(src, opts)
+    kwargs = _dtype_kwarg(opts["dtype"])
+    if opts["use_safetensors"] and not opts["allow_pickle"]:
+        kwargs["use_safetensors"] = True
+    try:
+        return cls.from_pretrained(str(Path(src).expanduser()) if kind == "folder" else src, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ValidationError(f"`{what}` {value!r} could not be loaded: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _prior_components(prior, opts) -> dict:
+    from diffusers import KandinskyV22PriorPipeline
+
+    kwargs = _dtype_kwarg(opts["dtype"])
+    if opts["use_safetensors"] and not opts["allow_pickle"]:
+        kwargs["use_safetensors"] = True
+    try:
+        prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ValidationError(f"`prior` {prior!r} could not be loaded: {str(exc).splitlines()[0][:300]}") from None
+    return {f"prior_{name}": comp for name, comp in prior_pipe.components.items()}
+
+
+def _from_pretrained_with_variant(loader, source, opts, **kwargs):
+    """Call `loader(source, ...)` with variant handling: "auto" tries fp16 weights when loading fp16."""
+    import torch
+
+    kwargs = {**_dtype_kwarg(opts["dtype"]), "revision": opts["revision"], **kwargs}
+    if opts["use_safetensors"] and not opts["allow_pickle"]:
+        kwargs["use_safetensors"] = True
+    variant = opts["variant"]
+    if variant == "auto":
+        if opts["dtype"] == torch.float16:
+            try:
+                return loader(source, variant="fp16", **kwargs)
+            except (OSError, ValueError) as exc:
+                if "variant" not in str(exc) and "fp16" not in str(exc):
+                    raise
+                logger.warning("%s has no fp16 variant; loading the full-precision weights as float16", source)
+                warnings.warn(f"{source!r} has no 'fp16' variant: loading its default weights in float16",
+                              UserWarning, stacklevel=4)
+        variant = None
+    return loader(source, variant=variant, **kwargs)
+
+
+def _load_pretrained(source: str, opts, tiny: str | None = None):
+    import diffusers
+    from diffusers import AutoPipelineForImage2Image
+
+    if Path(source).is_dir():
+        _check_pickle(source, opts)
+    index = _read_model_index(source, opts)
+    class_name = index.get("_class_name", "")
+    extra = {}
+    if opts["controlnet"] is not None:
+        cns = opts["controlnet"]
+        loaded = [_load_component(c, "ControlNetModel", opts, "controlnet")
+                  for c in (cns if isinstance(cns, (list, tuple)) else [cns])]
+        extra["controlnet"] = loaded if isinstance(cns, (list, tuple)) else loaded[0]
+    if opts["vae"] is not None:
+        vae_cls = "VQModel" if class_name in KANDINSKY_DECODERS else "AutoencoderKL"
+        extra["vae" if vae_cls == "AutoencoderKL" else "movq"] = _load_component(opts["vae"], vae_cls, opts, "vae")
+    if class_name in KANDINSKY_DECODERS:
+        prior = opts["prior"]
+        if prior is None and tiny is not None:
+            from .tiny import kandinsky_prior_path
+
+            prior = str(kandinsky_prior_path())
+        prior = prior or KANDINSKY_PRIORS.get(source)
+        if prior is None:
+            raise ValidationError(
+                f"`prior` is needed for the Kandinsky 2.2 decoder {source!r}: pass prior=<hub id or folder> "
+                f"(e.g. 'kandinsky-community/kandinsky-2-2-prior')"
+            )
+        extra.update(_prior_components(prior, opts))
+    try:
+        if class_name in DIRECT_CLASSES:
+            if opts["controlnet"] is not None:
+                raise ValidationError(f"`controlnet` can't be used with the upscaler {source!r} ({class_name})")
+            loader = getattr(diffusers, class_name).from_pretrained
+        else:
+            loader = AutoPipelineForImage2Image.from_pretrained
+        pipe = _from_pretrained_with_variant(loader, source, opts, **extra)
+    except ValidationError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ValidationError(
+            f"`model` {source!r} could not be loaded: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    return pipe
+
+
+def _single_file_class(path: str, opts) -> str:
+    """The img2img class for a single checkpoint, from its tensor names (diffusers' own inference)."""
+    if Path(path).suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+        checkpoint = dict.fromkeys(keys)
+    else:
+        from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+        checkpoint = load_single_file_checkpoint(path)
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    model_type = infer_diffusers_model_type(checkpoint)
+    if model_type.startswith("xl") or model_type.startswith("playground"):
+        name = "StableDiffusionXLImg2ImgPipeline"
+    elif model_type.startswith(("v1", "v2")):
+        name = "StableDiffusionImg2ImgPipeline"
+    else:
+        raise ValidationError(f"`model` checkpoint {path!r} is of type {model_type!r}, which has no img2img loader here")
+    if opts["controlnet"] is not None:
+        name = name.replace("Img2ImgPipeline", "ControlNetImg2ImgPipeline")
+    return name
+
+
+def _load_single_file(path: str, opts):
+    import diffusers
+
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES and not opts["allow_pickle"]:
+        raise ValidationError(
+            f"`model` {path!r} is a pickle checkpoint, which can run arbitrary code when loaded; "
+            f"use a .safetensors file, or pass allow_pickle=True if you trust it"
+        )
+    cls = getattr(diffusers, _single_file_class(path, opts))
+    kwargs = _dtype_kwarg(opts["dtype"])
+    if opts["config"] is not None:
+        kwargs["config"] = opts["config"]
+    if opts["controlnet"] is not None:
+        cn = opts["controlnet"]
+        kwargs["controlnet"] = [_load_component(c, "ControlNetModel", opts, "controlnet") for c in cn] \
+            if isinstance(cn, (list, tuple)) else _load_component(cn, "ControlNetModel", opts, "controlnet")
+    if opts["vae"] is not None:
+        kwargs["vae"] = _load_component(opts["vae"], "AutoencoderKL", opts, "vae")
+    try:
+        return cls.from_single_file(path, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ValidationError(
+            f"`model` {path!r} could not be loaded as {cls.__name__} (offline single-file loads need "
+            f"`config`=<diffusers folder or hub id>): {str(exc).splitlines()[0][:300]}"
+        ) from None
+
+
+def set_scheduler(pipe, name: str):
+    """Swap the pipeline's scheduler for the named one, keeping its config (`from_config`)."""
+    import diffusers
+
+    from .spec import SCHEDULER_NAMES
+
+    if name not in SCHEDULER_NAMES:
+        raise ValidationError(f"`scheduler` must be one of {sorted(SCHEDULER_NAMES)}, got {name!r}{_suggest(name, SCHEDULER_NAMES)}")
+    cls_name, overrides = SCHEDULER_NAMES[name]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
+    return pipe
+
+
+def denoiser_name(pipe) -> str:
+    """'unet' or 'transformer': the attribute holding the pipeline's denoiser."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+
+
+def _apply_options(pipe, opts) -> None:
+    import torch
+
+    if opts["scheduler"] is not None:
+        set_scheduler(pipe, opts["scheduler"])
+    if opts["offload"] == "model":
+        pipe.enable_model_cpu_offload(device=opts["device"])
+    elif opts["offload"] == "sequential":
+        pipe.enable_sequential_cpu_offload(device=opts["device"])
+    else:
+        pipe.to(opts["device"])
+    if opts["attention"] == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+    elif opts["attention"] == "sdpa":
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        for name in ("unet", "transformer", "controlnet"):
+            module = getattr(pipe, name, None)
+            if module is not None and hasattr(module, "set_attn_processor"):
+                module.set_attn_processor(AttnProcessor2_0())
+    vae = getattr(pipe, "vae", None) or getattr(pipe, "movq", None)
+    if opts["vae_slicing"] and vae is not None and hasattr(vae, "enable_slicing"):
+        vae.enable_slicing()
+    if opts["vae_tiling"] and vae is not None and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
+    if opts["compile"]:
+        mode = None if opts["compile"] in (True, "default") else opts["compile"]
+        attr = denoiser_name(pipe)
+        setattr(pipe, attr, torch.compile(getattr(pipe, attr), mode=mode, fullgraph=True))
+
+
+def related_pipeline(pipe, task: str = "text2img", **options):
+    """A related pipeline sharing `pipe`'s weights (diffusers `from_pipe`), e.g. text-to-image.
+
+    Memory knobs are re-applied to the new pipeline: CPU offload hooks do not carry over
+    through `from_pipe`, so offload is enabled again when the source pipeline had it.
+
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        task: "text2img", "img2img" or "inpaint".
+        **options: extra components or config for `from_pipe`.
+
+    Example:
+        >>> t2i = lab.related_pipeline(lab.load_pipeline("tiny/sd15"), "text2img")
+    """
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    classes = {"text2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
+               "inpaint": AutoPipelineForInpainting}
+    if task not in classes:
+        raise ValidationError(f"`task` must be one of {sorted(classes)}, got {task!r}")
+    info = getattr(pipe, "img2img_lab_info", None) or {}
+    offload = (info.get("options") or {}).get("offload")
+    if offload:
+        # from_pipe moves shared modules; strip the source's hooks first, then re-enable on both
+        pipe.remove_all_hooks()
+    new = classes[task].from_pipe(pipe, **options)
+    if offload == "model":
+        pipe.enable_model_cpu_offload()
+        new.enable_model_cpu_offload()
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload()
+        new.enable_sequential_cpu_offload()
+    new.img2img_lab_info = {**info, "task": task}
+    return new

@@ -1,0 +1,160 @@
+"""load_pipeline: tiny models through the real from_pretrained path, options, validation, safety."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import img2img_lab as lab
+from img2img_lab.errors import ValidationError
+from img2img_lab.loaders import resolve_model
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    return lab.load_pipeline("tiny/sd15")
+
+
+@pytest.fixture(scope="module")
+def init():
+    return lab.load_image("astronaut", size=64)
+
+
+def test_tiny_sd15_is_the_real_img2img_class(sd15):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    assert type(sd15) is StableDiffusionImg2ImgPipeline
+    assert str(sd15.device) == "cpu" and sd15.unet.dtype == torch.float32
+
+
+def test_same_image_as_the_diffusers_class_called_directly(sd15, init):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    kwargs = dict(prompt="a cat", image=init, strength=0.7, guidance_scale=6.0, num_inference_steps=6)
+    ours = sd15(**kwargs, generator=torch.Generator().manual_seed(3)).images[0]
+    direct_pipe = StableDiffusionImg2ImgPipeline.from_pretrained(lab.tiny_model_path("tiny/sd15"))
+    direct = direct_pipe(**kwargs, generator=torch.Generator().manual_seed(3)).images[0]
+    assert ours.size == (64, 64)
+    assert np.array_equal(np.asarray(ours), np.asarray(direct))
+
+
+def test_pipelines_are_cached_by_model_and_options(sd15):
+    assert lab.load_pipeline("tiny/sd15") is sd15
+    other = lab.load_pipeline("tiny/sd15", scheduler="euler")
+    assert other is not sd15 and type(other.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert lab.load_pipeline("tiny/sd15", scheduler="euler") is other
+    assert lab.load_pipeline("tiny/sd15", cache=False) is not sd15
+
+
+@pytest.mark.parametrize(
+    "name,cls",
+    [("ddim", "DDIMScheduler"), ("pndm", "PNDMScheduler"), ("dpm++2m", "DPMSolverMultistepScheduler")],
+)
+def test_scheduler_names_swap_via_from_config(name, cls):
+    pipe = lab.load_pipeline("tiny/sd15", scheduler=name, cache=False)
+    assert type(pipe.scheduler).__name__ == cls
+    assert pipe.scheduler.config.num_train_timesteps == 1000
+
+
+def test_local_folder_loads_like_a_hub_checkpoint(tmp_path, sd15):
+    sd15.save_pretrained(tmp_path / "copy")
+    pipe = lab.load_pipeline(str(tmp_path / "copy"), cache=False)
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
+
+
+def test_related_text2img_pipeline_shares_weights(sd15):
+    t2i = lab.related_pipeline(sd15, "text2img")
+    assert type(t2i).__name__ == "StableDiffusionPipeline"
+    assert t2i.unet is sd15.unet
+
+
+def test_runwayml_id_maps_to_the_mirror_with_a_warning():
+    with pytest.warns(UserWarning, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        kind, source = resolve_model("runwayml/stable-diffusion-v1-5")
+    assert (kind, source) == ("hub", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"schedular": "euler"}, r"unknown option `schedular`.*did you mean 'scheduler'"),
+        ({"scheduler": "eulerr"}, r"`scheduler` must be one of .*'eulerr'"),
+        ({"dtype": "float16", "device": "cpu"}, r"`dtype` float16 can't run on device 'cpu'"),
+        ({"dtype": "int8"}, r"`dtype` must be one of .*'int8'"),
+        ({"device": "tpu"}, r"`device` must be .*'tpu'"),
+        ({"offload": "disk"}, r"`offload` must be one of .*'disk'"),
+        ({"offload": "model", "device": "cpu"}, r"`offload`='model' .* needs a CUDA device"),
+        ({"attention": "flash"}, r"`attention` must be one of .*'flash'"),
+        ({"compile": "fast"}, r"`compile` must be one of .*'fast'"),
+        ({"use_safetensors": "yes"}, r"`use_safetensors` must be True or False, got 'yes'"),
+        ({"controlnet": "./no/such/controlnet"}, r"`controlnet` path does not exist: './no/such/controlnet'"),
+        ({"prior": "/no/such/prior"}, r"`prior` path does not exist"),
+    ],
+)
+def test_bad_options_fail_before_loading(options, match, monkeypatch):
+    import img2img_lab.loaders as loaders
+
+    monkeypatch.setattr(loaders, "_load_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(ValidationError, match=match):
+        lab.load_pipeline("tiny/sd15", cache=False, **options)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_device_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValidationError, match=r"`device` is 'cuda' but no CUDA GPU"):
+        lab.load_pipeline("tiny/sd15", device="cuda")
+
+
+@pytest.mark.parametrize(
+    "model,match",
+    [
+        ("tiny/sd16", r"not an embedded tiny model.*did you mean 'tiny/sd15'"),
+        ("./missing/folder", r"`model` path does not exist: './missing/folder'"),
+        ("/tmp/definitely/missing.safetensors", r"`model` path does not exist"),
+        ("not a model id", r"neither an existing local path nor a hub id"),
+        ("", r"`model` must be"),
+        (None, r"`model` must be"),
+    ],
+)
+def test_bad_model_ids(model, match):
+    with pytest.raises(ValidationError, match=match):
+        lab.load_pipeline(model)
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValidationError, match=r"`model` 'nobody-here/no-such-model' could not be found"):
+        lab.load_pipeline("nobody-here/no-such-model", cache=False)
+
+
+def test_folder_without_model_index_is_refused(tmp_path):
+    with pytest.raises(ValidationError, match="not in diffusers layout"):
+        lab.load_pipeline(str(tmp_path))
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".bin"])
+def test_pickle_checkpoints_are_refused(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"not really a pickle")
+    with pytest.raises(ValidationError, match=r"pickle checkpoint.*allow_pickle=True"):
+        lab.load_pipeline(str(path))
+
+
+def test_folder_with_only_pickle_weights_is_refused(tmp_path, sd15):
+    folder = tmp_path / "pickled"
+    sd15.save_pretrained(folder, safe_serialization=False)
+    for p in folder.rglob("*.safetensors"):
+        p.unlink()
+    assert any(folder.rglob("*.bin"))
+    with pytest.raises(ValidationError, match=r"only pickle weights.*allow_pickle=True"):
+        lab.load_pipeline(str(folder), cache=False)
+
+
+def test_other_file_types_are_refused(tmp_path):
+    path = tmp_path / "weights.txt"
+    path.write_text("x")
+    with pytest.raises(ValidationError, match=r"must be a .safetensors checkpoint"):
+        lab.load_pipeline(str(path))
