@@ -158,3 +158,33 @@ def test_other_file_types_are_refused(tmp_path):
     path.write_text("x")
     with pytest.raises(ValidationError, match=r"must be a .safetensors checkpoint"):
         lab.load_pipeline(str(path))
+
+
+@pytest.mark.parametrize(
+    "model,cls,call,size",
+    [
+        ("tiny/sd15", "StableDiffusionImg2ImgPipeline", {}, (64, 64)),
+        ("tiny/sdxl", "StableDiffusionXLImg2ImgPipeline", {}, (64, 64)),
+        ("tiny/sdxl-refiner", "StableDiffusionXLImg2ImgPipeline", {"aesthetic_score": 6.0}, (64, 64)),
+        ("tiny/kandinsky22", "KandinskyV22Img2ImgCombinedPipeline",
+         {"height": 64, "width": 64, "prior_num_inference_steps": 2}, (64, 64)),
+        ("tiny/sd-x2-latent-upscaler", "StableDiffusionLatentUpscalePipeline", {}, (128, 128)),
+        ("tiny/sd-x4-upscaler", "StableDiffusionUpscalePipeline", {}, (256, 256)),
+    ],
+)
+def test_every_tiny_model_loads_through_load_pipeline(model, cls, call, size, init):
+    pipe = lab.load_pipeline(model)
+    assert type(pipe).__name__ == cls
+    kwargs = {"prompt": "a cat", "image": init, "num_inference_steps": 3, **call}
+    if "strength" in __import__("inspect").signature(pipe.__call__).parameters:
+        kwargs["strength"] = 0.7
+    out = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images[0]
+    assert out.size == size
+
+
+def test_tiny_controlnet_through_the_controlnet_option(init):
+    pipe = lab.load_pipeline("tiny/sd15", controlnet=str(lab.tiny_model_path("tiny/controlnet-sd15")))
+    assert type(pipe).__name__ == "StableDiffusionControlNetImg2ImgPipeline"
+    out = pipe(prompt="a cat", image=init, control_image=init, strength=0.7, num_inference_steps=3,
+               generator=torch.Generator().manual_seed(0)).images[0]
+    assert out.size == (64, 64)
