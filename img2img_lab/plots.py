@@ -1,0 +1,151 @@
+"""Trade-off curves: how a metric (fidelity to the init image, prompt adherence) moves with a parameter."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import ValidationError
+from .grid import _axis_values, _norm, filter_rows, format_value, is_metric_column
+
+# What a higher value means, for the y-axis label.
+_READING = {
+    "ssim": "1 = same as init",
+    "psnr": "dB, higher = closer to init",
+    "mean_abs_change": "0..255, 0 = same as init",
+    "lpips": "0 = same as init",
+    "lpips_clip": "0 = same as init",
+    "clip_score": "higher = closer to prompt",
+}
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def plot_tradeoff(
+    result,
+    x: str = "strength",
+    y: str = "ssim",
+    hue: str | None = "guidance_scale",
+    where=None,
+    style: str | None = None,
+    *,
+    spread: str | None = "band",
+    figsize: tuple[float, float] = (6.4, 4.2),
+    title: str | None = None,
+):
+    """Plot a metric against a parameter: one line per ``hue`` value (and ``style`` value).
+
+    Each line is the mean over the rows sharing its x value (other swept columns, seeds); the
+    spread around it is the min-max band (``spread="band"``) or every row as a point
+    (``spread="points"``). Failed rows and non-finite values (``psnr`` is ``inf`` for an output
+    identical to its init) are left out.
+
+    Args:
+        result: a `SweepResult` with the metric column (see `add_metrics`).
+        x: parameter on the x axis (numeric values are spaced by value, others evenly).
+        y: metric column, e.g. ``"ssim"``, ``"psnr"``, ``"mean_abs_change"``, ``"clip_score"``.
+        hue: column giving each line its colour (legend titled with its name); None for one line.
+        where: rows to use, as in `plot_grid` (dict, query string or callable).
+        style: optional column giving each line its dash pattern and marker.
+        spread: ``"band"``, ``"points"`` or None.
+        figsize: figure size in inches.
+        title: figure title; default ``"<y> vs <x>"``.
+
+    Returns:
+        A `matplotlib.figure.Figure`.
+
+    Example:
+        >>> result = lab.add_metrics(result, ["ssim"])
+        >>> lab.plot_tradeoff(result, x="strength", y="ssim", hue="guidance_scale")
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    # 1. validate
+    df = result.df
+    if y not in df.columns:
+        if y in _READING or is_metric_column(y):
+            raise ValidationError(
+                f"`y`={y!r}: the sweep has no {y!r} column yet; compute it with "
+                f"`result = lab.add_metrics(result, metrics=[{y!r}])`"
+            )
+        metrics = [c for c in df.columns if is_metric_column(c)]
+        raise ValidationError(f"`y` must be a column of the sweep, got {y!r}; metric columns: {metrics}")
+    for name, column in (("x", x), ("hue", hue), ("style", style)):
+        if column is not None and column not in df.columns:
+            raise ValidationError(
+                f"`{name}` must be a column of the sweep, got {column!r}; swept columns: {result.swept}"
+            )
+    if spread not in ("band", "points", None):
+        raise ValidationError(f"`spread` must be 'band', 'points' or None, got {spread!r}")
+
+    # 2. rows with a finite value
+    df = filter_rows(df, where)
+    if "status" in df.columns:
+        df = df[df["status"] == "ok"]
+    values = df[y].astype("float64")
+    df = df[np.isfinite(values.to_numpy())]
+    if df.empty:
+        raise ValidationError(
+            f"`y`={y!r} has no finite values in the selected rows; run `lab.add_metrics(result, metrics=[{y!r}])` "
+            f"or change `where`"
+        )
+
+    # 3. x positions: by value when numeric, evenly spaced otherwise
+    x_values = _axis_values(df[x])
+    numeric_x = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in x_values)
+    position = {_norm(v): (float(v) if numeric_x else i) for i, v in enumerate(x_values)}
+
+    # 4. one line per (hue, style)
+    hue_values = _axis_values(df[hue]) if hue else [None]
+    style_values = _axis_values(df[style]) if style else [None]
+    numeric_hue = hue is not None and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in hue_values)
+    if numeric_hue and len(hue_values) > 1:
+        cmap, lo, hi = colormaps["viridis"], min(hue_values), max(hue_values)
+        colors = [cmap(0.9 * (v - lo) / (hi - lo)) for v in hue_values]
+    else:
+        cmap = colormaps["tab10"]
+        colors = [cmap(i % 10) for i in range(len(hue_values))]
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    hue_key = df[hue].map(_norm) if hue else None
+    style_key = df[style].map(_norm) if style else None
+    for hi_, hv in enumerate(hue_values):
+        for si, sv in enumerate(style_values):
+            mask = np.ones(len(df), dtype=bool)
+            if hue:
+                mask &= (hue_key == _norm(hv)).to_numpy()
+            if style:
+                mask &= (style_key == _norm(sv)).to_numpy()
+            part = df[mask]
+            if part.empty:
+                continue
+            xs = part[x].map(lambda v: position[_norm(v)]).to_numpy(dtype=float)
+            ys = part[y].to_numpy(dtype=float)
+            order = sorted(set(xs))
+            mean = np.array([ys[xs == p].mean() for p in order])
+            label = ", ".join(format_value(v) for v, col in ((hv, hue), (sv, style)) if col)
+            ax.plot(order, mean, color=colors[hi_], linestyle=_LINESTYLES[si % len(_LINESTYLES)],
+                    marker=_MARKERS[si % len(_MARKERS)], label=label or None)
+            if spread == "band" and len(order) > 1:
+                low = np.array([ys[xs == p].min() for p in order])
+                high = np.array([ys[xs == p].max() for p in order])
+                ax.fill_between(order, low, high, color=colors[hi_], alpha=0.15, linewidth=0)
+            elif spread == "points":
+                ax.scatter(xs, ys, color=colors[hi_], s=12, alpha=0.6, marker=_MARKERS[si % len(_MARKERS)])
+
+    # 5. labels
+    if not numeric_x:
+        ax.set_xticks(range(len(x_values)), [format_value(v) for v in x_values])
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{y} ({_READING[y]})" if y in _READING else y)
+    ax.grid(True, alpha=0.3)
+    legend_title = ", ".join(c for c in (hue, style) if c)
+    if legend_title:
+        ax.legend(title=legend_title, fontsize="small")
+    if title is None:
+        title = f"{y} vs {x}" + {"band": " (mean, min-max band)", "points": " (mean and every row)"}.get(spread, " (mean)")
+    ax.set_title(title)
+    return fig
