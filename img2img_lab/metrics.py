@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -262,22 +261,6 @@ def _lpips_scorer(metric: str, lpips_model, clip_model, device):
 # storing
 
 
-def _write_table(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` as parquet atomically (temp file in the same folder, then replace).
-
-    Belongs in `store.py` (the only module meant to write sweep files) once it exists.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".parquet.tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------------------------
 # the public entry point
 
@@ -401,10 +384,14 @@ def add_metrics(
         df[column] = values[column]
 
     # 5. store with the sweep
-    _write_table(df, Path(result.out_dir) / "results.parquet")
+    from .store import SweepStore
+
+    store = SweepStore(result.out_dir)
+    store.write_table(df)
     used = {"clip_score": clip_model} if clip_scorer else {}
     used.update({c: s.name for c, s in lpips_scorers.items()})
-    meta = {**result.meta, "metrics": {**result.meta.get("metrics", {}), **{c: {"model": m} for c, m in used.items()}}}
+    metrics_meta = {**result.meta.get("metrics", {}), **{c: {"model": str(m)} for c, m in used.items()}}
+    meta = {**result.meta, **store.update_meta(metrics=metrics_meta)}
     return dataclasses.replace(result, df=df, meta=meta)
 
 

@@ -14,10 +14,10 @@ BOOKKEEPING_COLUMNS = frozenset(
     {
         "key", "image_hash", "image_path", "init_image_path", "seconds", "status", "error",
         "effective_steps", "pipeline_class", "dtype", "device", "batch_size", "width", "height",
-        "created",
+        "created", "scheduler_class",
     }
 )
-METRIC_COLUMNS = ("ssim", "psnr", "mean_abs_change", "clip_score", "lpips")
+METRIC_COLUMNS = ("ssim", "psnr", "mean_abs_change", "clip_score", "lpips", "lpips_clip")
 
 
 @dataclass(frozen=True)

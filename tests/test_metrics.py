@@ -93,7 +93,8 @@ def test_metrics_are_stored_with_the_sweep(sweep):
     assert {"ssim", "psnr"} <= set(stored.columns)
     pd.testing.assert_series_equal(stored["ssim"], out.df["ssim"].reset_index(drop=True))
     assert list(stored["key"]) == list(sweep.df["key"])
-    assert [p.name for p in sweep.out_dir.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    leftovers = [p.name for p in sweep.out_dir.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert leftovers == []  # no temp files left (.lock is the store's file lock)
 
 
 def test_identical_output_round_trips_inf(tmp_path):
