@@ -20,10 +20,9 @@ DEMO_SPEC = ROOT / "assets" / "demo.yaml"
 def _spec_from_args(args):
     from .spec import SweepSpec, parse_set
 
-    spec = SweepSpec.from_yaml(args.spec)
+    model = getattr(args, "model", None)
+    spec = SweepSpec.from_yaml(args.spec, **({"model": model} if model else {}))
     changes = {}
-    if getattr(args, "model", None):
-        changes["model"] = args.model
     for item in getattr(args, "set", None) or []:
         key, value = parse_set(item)
         changes[key] = value
@@ -39,8 +38,9 @@ def _summary(result, limit: int = 20) -> str:
     cols = [c for c in result.swept if c in df.columns] + ["status", "seconds"]
     view = df[cols].copy()
     for col in view.columns:
-        if view[col].dtype == object:
-            view[col] = view[col].map(lambda v: v if not isinstance(v, str) or len(v) <= 28 else v[:25] + "...")
+        if not pd.api.types.is_numeric_dtype(view[col]):
+            view[col] = view[col].map(lambda v: "(none)" if v is None or v != v else
+                                      v if not isinstance(v, str) or len(v) <= 28 else v[:25] + "...")
     with pd.option_context("display.width", 120, "display.max_columns", 12):
         text = view.to_string(index=False, max_rows=limit)
     counts = df["status"].value_counts().to_dict()
@@ -65,13 +65,11 @@ def cmd_demo(args) -> int:
     from .runner import run_sweep
     from .spec import SweepSpec
 
-    spec = SweepSpec.from_yaml(DEMO_SPEC)
-    if args.model:
-        spec = spec.replace(model=args.model)
+    spec = SweepSpec.from_yaml(DEMO_SPEC, **({"model": args.model} if args.model else {}))
     out = Path(args.out)
     result = run_sweep(spec, out, progress=not args.quiet)
     grid_path = out / "grid.png"
-    grid_image(result, x="strength", y="guidance_scale").save(grid_path)
+    grid_image(result, x="strength", y="guidance_scale", z="negative_prompt").save(grid_path)
     print(_summary(result))
     print(f"\nresults: {out / 'results.parquet'}\ngrid:    {grid_path}")
     return 0 if (result.df["status"] != "error").all() else 1

@@ -12,6 +12,7 @@ import math
 import platform
 import socket
 import time
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -144,16 +145,36 @@ def _pipe_row(pipe, model_label: str) -> dict:
     }
 
 
+def _load_init_image(source, model):
+    """Load an init image; a tiny smoke model may run offline on a stand-in for an unreachable URL."""
+    from .images import load_image
+
+    try:
+        return load_image(source)
+    except ValidationError:
+        offline_url = isinstance(source, str) and source.startswith(("http://", "https://"))
+        if not (offline_url and str(model).startswith("tiny/")):
+            raise
+    warnings.warn(
+        f"`image` {source!r} could not be fetched (offline?); the random-weight model {model!r} runs on "
+        f"the offline sample 'astronaut' instead. The row records the picture actually used "
+        f"(`image_hash`, `init_image_path`); real models never substitute an image.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return load_image("astronaut")
+
+
 def _prepare(spec, store: SweepStore) -> list[_Prepared]:
     """Expand the grid, load each distinct init image once, and give each cell its content key."""
-    from .images import image_hash, load_image
+    from .images import image_hash
 
     images: dict = {}
     prepared = []
     for cell in spec.cells():
         source = cell.image
         if source not in images:
-            image = load_image(source)
+            image = _load_init_image(source, cell.model)
             digest = image_hash(image)
             images[source] = (image, digest, store.write_input(digest, image))
         image, digest, rel = images[source]
@@ -201,6 +222,10 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
     spec = _as_spec(spec)
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValidationError(f"`max_batch_size` must be an int >= 1, got {max_batch_size!r}")
+    if pipe is None:
+        from .loaders import validate_options
+
+        validate_options(dict(spec.options))  # device/dtype/offload checks before any cell runs
     store = SweepStore(out_dir)
     started = datetime.now(timezone.utc).isoformat()
 
@@ -225,18 +250,20 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
 
             group_pipe = pipe if pipe is not None else load_pipeline(model, **spec.options)
             base = _pipe_row(group_pipe, model if pipe is None else _model_label(model, pipe))
+            no_strength = "strength" not in _explicit_parameters(group_pipe)
             with _quiet_progress(group_pipe), _scheduler(group_pipe, scheduler):
                 base["scheduler"] = type(group_pipe.scheduler).__name__ if scheduler is None else scheduler
                 for p, image, status, error, seconds, batch_size in _execute(
                     group_pipe, cells, batched=batched, max_batch_size=max_batch_size
                 ):
                     row = {**p.row, **base, "scheduler_class": type(group_pipe.scheduler).__name__}
+                    if no_strength:  # upscalers: no strength, every step runs
+                        row.update(strength=None, effective_steps=int(row["num_inference_steps"]))
                     row.update(status=status, error=error, seconds=round(seconds, 4), batch_size=batch_size,
                                created=datetime.now(timezone.utc).isoformat())
                     if image is not None:
                         row["width"], row["height"] = image.size
-                        row["image_path"] = store.write_image(p.key, image, {**row, **p.cell.call_text()}
-                                                              if hasattr(p.cell, "call_text") else row)
+                        row["image_path"] = store.write_image(p.key, image, row)
                     else:
                         row["image_path"] = ""
                     store.write_row(row)
@@ -264,47 +291,91 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def _explicit_parameters(pipe) -> set:
+    import inspect
+
+    params = inspect.signature(pipe.__call__).parameters
+    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def check_call_keys(pipe, cells: list[_Prepared]) -> None:
+    """Every call keyword must be one the loaded pipeline takes: checked before any cell runs.
+
+    `height`/`width` are fine everywhere (pipelines without them get the init image resized), and
+    `strength` is dropped for pipelines without it (the upscalers), which run all their steps.
+    """
+    accepted = _explicit_parameters(pipe) | {"height", "width", "strength"}
+    for p in cells:
+        unknown = sorted(set(p.cell.call) - accepted)
+        if unknown:
+            raise ValidationError(
+                f"`{unknown[0]}` is not an argument of {type(pipe).__name__} (model {p.cell.model!r}); "
+                f"remove it from the spec or use a pipeline that takes it"
+            )
+
+
+def call_for(pipe, prepared: _Prepared) -> dict:
+    """The exact keyword arguments of this cell's pipeline call (without the generator)."""
+    from .images import load_image
+
+    accepted = _explicit_parameters(pipe)
+    call = dict(prepared.cell.call)
+    image = prepared.image
+    if ("height" in call or "width" in call) and "height" not in accepted:
+        # e.g. StableDiffusionImg2ImgPipeline sizes its output from the init image: resize it
+        width, height = call.pop("width", image.width), call.pop("height", image.height)
+        if (width, height) != image.size:
+            image = image.resize((int(width), int(height)), _lanczos())
+    if "strength" not in accepted:
+        call.pop("strength", None)
+    if isinstance(call.get("control_image"), str):
+        call["control_image"] = load_image(call["control_image"])
+    call["image"] = image
+    return call
+
+
+def _lanczos():
+    from PIL import Image
+
+    return Image.Resampling.LANCZOS
+
+
 def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int):
-    """Yield (prepared, image, status, error, seconds, batch_size) for each cell, in order of completion."""
+    """Yield (prepared, image, status, error, seconds, batch_size) per cell as each finishes."""
     import torch
 
-    batch_engine = None
+    check_call_keys(pipe, cells)
+    calls = {id(p): call_for(pipe, p) for p in cells}
+    direct = cells
     if batched:
-        try:
-            from . import batched as batch_engine
-        except ImportError:  # pragma: no cover
-            batch_engine = None
-    direct = []
-    if batch_engine is not None:
-        batchable = [p for p in cells if batch_engine.can_batch(pipe, {**p.cell.call, "image": p.image})]
-        direct = [p for p in cells if p not in batchable]
-        if batchable:
-            yield from _execute_batched(batch_engine, pipe, batchable, max_batch_size)
-    else:
-        direct = cells
+        from . import batched as engine
+
+        batchable = [p for p in cells if engine.can_batch(pipe, {**calls[id(p)], "generator": _generator(0)})]
+        direct = [p for p in cells if not any(p is b for b in batchable)]
+        # cells sharing a timestep grid next to each other, later starters together
+        batchable.sort(key=lambda p: (calls[id(p)]["num_inference_steps"], calls[id(p)]["image"].size,
+                                      -effective_steps(calls[id(p)])))
+        for i in range(0, len(batchable), max_batch_size):
+            chunk = batchable[i : i + max_batch_size]  # written to disk before the next chunk runs
+            outputs = engine.run_batched(
+                pipe, [{**calls[id(p)], "generator": _generator(p.cell.seed)} for p in chunk],
+                max_batch_size=max_batch_size,
+            )
+            for p, out in zip(chunk, outputs):
+                if out.error is not None:
+                    yield p, None, ERROR, f"{type(out.error).__name__}: {out.error}"[:2000], out.seconds, out.batch_size
+                else:
+                    yield p, out.image, NAN if out.nan else OK, "", out.seconds, out.batch_size
     for p in direct:
-        call = {**p.cell.call, "image": p.image}
         start = time.perf_counter()
         try:
-            image, status = run_cell(pipe, call, p.cell.seed)
+            image, status = run_cell(pipe, calls[id(p)], p.cell.seed)
             error = ""
         except Exception as exc:  # recorded, and the sweep goes on
             if _is_oom(exc) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             image, status, error = None, ERROR, f"{type(exc).__name__}: {exc}"[:2000]
         yield p, image, status, error, time.perf_counter() - start, 1
-
-
-def _execute_batched(engine, pipe, cells: list[_Prepared], max_batch_size: int):
-    calls = [{**p.cell.call, "image": p.image, "generator": _generator(p.cell.seed)} for p in cells]
-    start = time.perf_counter()
-    outputs = engine.run_batched(pipe, calls, max_batch_size=max_batch_size)
-    per_cell = (time.perf_counter() - start) / max(len(cells), 1)
-    for p, out in zip(cells, outputs):
-        if out.error:
-            yield p, None, ERROR, out.error, per_cell, out.batch_size
-        else:
-            yield p, out.image, NAN if out.nan else OK, "", per_cell, out.batch_size
 
 
 def load_sweep(out_dir) -> SweepResult:
