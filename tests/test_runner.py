@@ -1,0 +1,228 @@
+"""run_sweep: cells equal direct calls, resume, extension, storage, PNG metadata, failures."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import img2img_lab as lab
+from img2img_lab import runner
+from img2img_lab.errors import ValidationError
+from img2img_lab.store import read_png_parameters
+
+BASE = dict(
+    model="tiny/sd15",
+    image="astronaut",
+    prompt="Astronaut in a jungle",
+    strength=[0.5, 1.0],
+    guidance_scale=[1.0, 7.5],
+    negative_prompt=[None, "jungle"],
+    num_inference_steps=4,
+    height=64,
+    width=64,
+)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return lab.load_pipeline("tiny/sd15")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, pipe):
+    out = tmp_path_factory.mktemp("sweep")
+    return lab.run_sweep(lab.SweepSpec.from_dict(BASE), out, progress=False, batched=False)
+
+
+def _direct(pipe, row):
+    init = lab.load_image("astronaut").resize((64, 64), lab.images.Image.Resampling.LANCZOS)
+    neg = row["negative_prompt"] if isinstance(row["negative_prompt"], str) else None
+    return pipe(
+        prompt=row["prompt"], image=init, strength=row["strength"], guidance_scale=row["guidance_scale"],
+        negative_prompt=neg, num_inference_steps=int(row["num_inference_steps"]),
+        generator=torch.Generator("cpu").manual_seed(int(row["seed"])),
+    ).images[0]
+
+
+def test_one_row_per_cell_with_diffusers_names(swept):
+    df = swept.df
+    assert len(df) == 8 and df["key"].is_unique
+    for col in ["strength", "guidance_scale", "negative_prompt", "num_inference_steps", "seed", "prompt",
+                "model", "pipeline_class", "scheduler", "dtype", "device", "image_hash", "image_path",
+                "seconds", "status", "error", "effective_steps", "width", "height"]:
+        assert col in df.columns, col
+    assert set(df["status"]) == {"ok"}
+    assert set(df["pipeline_class"]) == {"StableDiffusionImg2ImgPipeline"}
+    assert set(df["effective_steps"]) == {2, 4}
+    assert set(df["dtype"]) == {"float32"} and set(df["device"]) == {"cpu"}
+    assert sorted(swept.swept) == ["guidance_scale", "negative_prompt", "strength"]
+
+
+def test_every_image_equals_the_direct_pipeline_call(swept, pipe):
+    for i, row in swept.df.iterrows():
+        stored = np.asarray(swept.image(i))
+        direct = np.asarray(_direct(pipe, row))
+        assert np.array_equal(stored, direct), f"row {i} differs"
+
+
+def test_batched_path_gives_the_same_images(tmp_path, swept):
+    batched = lab.run_sweep(lab.SweepSpec.from_dict(BASE), tmp_path, progress=False, batched=True)
+    assert list(batched.df["key"]) == list(swept.df["key"])
+    for key in swept.df["key"]:
+        a = np.asarray(swept.image(key), dtype=np.float32) / 255
+        b = np.asarray(batched.image(key), dtype=np.float32) / 255
+        assert np.abs(a - b).max() <= 1e-3 + 1 / 255  # 1e-3 before 8-bit rounding
+    assert (batched.df["batch_size"] > 1).any()
+
+
+def test_png_carries_its_parameters(swept):
+    row = swept.df.iloc[3]
+    params = read_png_parameters(swept.image_file(3))
+    for key in ("strength", "guidance_scale", "negative_prompt", "seed", "num_inference_steps", "prompt", "model"):
+        assert params[key] == (None if pd.isna(row[key]) else row[key]), key
+    from PIL import Image
+
+    with Image.open(swept.image_file(3)) as im:
+        assert "Denoising strength" in im.text["parameters"]
+
+
+def test_files_are_named_by_content_key_only(swept):
+    for _, row in swept.df.iterrows():
+        assert row["image_path"] == f"images/{row['key']}.png"
+    assert not [p for p in (swept.out_dir / "images").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_load_sweep_reopens_the_table_spec_and_meta(swept):
+    again = lab.load_sweep(swept.out_dir)
+    pd.testing.assert_frame_equal(again.df, swept.df)
+    assert again.spec == swept.spec
+    assert again.meta["versions"]["diffusers"]
+    assert again.meta["runs"][-1]["cells"] == 8
+
+
+class _Counting:
+    """Counts pipeline calls by wrapping run_cell."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = runner.run_cell
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(runner, "run_cell", counted)
+
+
+def test_rerun_skips_and_extension_computes_only_new_cells(tmp_path, monkeypatch):
+    counter = _Counting(monkeypatch)
+    spec = lab.SweepSpec.from_dict({**BASE, "negative_prompt": None})
+    lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    assert counter.calls == 4
+    lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    assert counter.calls == 4  # nothing recomputed
+    extended = spec.replace(strength=[0.5, 0.75, 1.0])
+    result = lab.run_sweep(extended, tmp_path, progress=False, batched=False)
+    assert counter.calls == 6  # only the two new cells
+    assert len(result.df) == 6 and result.df["key"].is_unique
+    assert list(result.df["strength"]) == [0.5, 0.5, 0.75, 0.75, 1.0, 1.0]  # spec order
+
+
+def test_resume_after_an_interruption(tmp_path, monkeypatch):
+    spec = lab.SweepSpec.from_dict({**BASE, "negative_prompt": None})
+    original = runner.run_cell
+    state = {"n": 0}
+
+    def dies_on_third(*args, **kwargs):
+        state["n"] += 1
+        if state["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_cell", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    partial = lab.load_sweep(tmp_path)
+    assert len(partial.df) == 2 and set(partial.df["status"]) == {"ok"}
+    counter = _Counting(monkeypatch)
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: (counter.__setattr__("calls", counter.calls + 1), original(*a, **k))[1])
+    full = lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    assert counter.calls == 2 and len(full.df) == 4
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    spec = lab.SweepSpec.from_dict({**BASE, "negative_prompt": None, "guidance_scale": 1.0})
+    original = runner.run_cell
+
+    def fails_for_full_strength(pipe, call, seed):
+        if call["strength"] == 1.0:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(pipe, call, seed)
+
+    monkeypatch.setattr(runner, "run_cell", fails_for_full_strength)
+    result = lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    bad = result.df[result.df["strength"] == 1.0].iloc[0]
+    assert bad["status"] == "error" and "out of memory" in bad["error"] and bad["image_path"] == ""
+    assert (result.df[result.df["strength"] == 0.5]["status"] == "ok").all()
+    # errors are retried on the next run
+    monkeypatch.setattr(runner, "run_cell", original)
+    again = lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    assert set(again.df["status"]) == {"ok"} and len(again.df) == 2
+
+
+def test_nan_outputs_are_flagged(tmp_path, monkeypatch, pipe):
+    original_decode = pipe.vae.decode
+
+    def nan_decode(latents, *args, **kwargs):
+        out = original_decode(latents, *args, **kwargs)
+        (out[0] if isinstance(out, tuple) else out.sample)[:] = float("nan")  # an fp16 overflow
+        return out
+
+    monkeypatch.setattr(pipe.vae, "decode", nan_decode)
+    spec = lab.SweepSpec.from_dict({**BASE, "strength": 0.5, "guidance_scale": 1.0, "negative_prompt": None})
+    result = lab.run_sweep(spec, tmp_path, pipe=pipe, progress=False, batched=False)
+    assert list(result.df["status"]) == ["nan"]
+
+
+def test_scheduler_axis_swaps_and_restores(tmp_path, pipe):
+    own = type(pipe.scheduler).__name__
+    spec = lab.SweepSpec.from_dict({**BASE, "strength": 0.5, "guidance_scale": 1.0, "negative_prompt": None,
+                                    "scheduler": ["euler", "ddim"]})
+    result = lab.run_sweep(spec, tmp_path, pipe=pipe, progress=False, batched=False)
+    assert list(result.df["scheduler_class"]) == ["EulerDiscreteScheduler", "DDIMScheduler"]
+    assert type(pipe.scheduler).__name__ == own
+    a, b = (np.asarray(result.image(i)) for i in range(2))
+    assert not np.array_equal(a, b)
+
+
+def test_arguments_the_pipeline_does_not_take_fail_before_running(tmp_path, pipe):
+    spec = lab.SweepSpec.from_dict({**BASE, "controlnet_conditioning_scale": 0.5})
+    with pytest.raises(ValidationError, match=r"`controlnet_conditioning_scale` is not an argument of StableDiffusionImg2ImgPipeline"):
+        lab.run_sweep(spec, tmp_path, pipe=pipe, progress=False)
+    assert not (tmp_path / "results.parquet").exists()
+
+
+def test_bad_inputs_are_errors_before_any_model_loads(tmp_path, monkeypatch):
+    import img2img_lab.loaders as loaders
+
+    monkeypatch.setattr(loaders, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        lab.run_sweep(lab.SweepSpec.from_dict(BASE), tmp_path, max_batch_size=0)
+    with pytest.raises(ValidationError, match=r"`image` file does not exist"):
+        lab.run_sweep(lab.SweepSpec.from_dict({**BASE, "image": str(tmp_path / "nope.png")}), tmp_path)
+    with pytest.raises(ValidationError, match=r"`dtype` float16 can't run"):
+        lab.run_sweep(lab.SweepSpec.from_dict({**BASE, "dtype": "float16", "device": "cpu"}), tmp_path)
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValidationError, match=r"`out_dir` .* is not writable"):
+        lab.run_sweep(lab.SweepSpec.from_dict(BASE), blocker / "sub", progress=False)
+
+
+def test_load_sweep_of_an_empty_folder(tmp_path):
+    with pytest.raises(ValidationError, match="holds no sweep"):
+        lab.load_sweep(tmp_path)
+    with pytest.raises(ValidationError, match="does not exist"):
+        lab.load_sweep(tmp_path / "missing")
