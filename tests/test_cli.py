@@ -1,0 +1,78 @@
+"""The img2img-lab command line: exit codes, one-line errors, overrides, summaries."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from img2img_lab.cli import main
+
+SPEC = """
+model: stable-diffusion-v1-5/stable-diffusion-v1-5
+image: astronaut
+prompt: "Astronaut in a jungle"
+strength: [0.5, 1.0]
+guidance_scale: 3.0
+num_inference_steps: 2
+height: 64
+width: 64
+"""
+
+
+@pytest.fixture()
+def spec_file(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_sweep_runs_offline_with_model_override(spec_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["sweep", str(spec_file), "--model", "tiny/sd15", "--out", str(out), "--quiet",
+               "--set", "guidance_scale=[1.0,3.0]"])
+    assert rc == 0
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == 4 and set(df["model"]) == {"tiny/sd15"}
+    text = capsys.readouterr().out
+    assert "4 images: 4 ok" in text and "results.parquet" in text
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "strength=1.5"], "`strength` must be in [0, 1]"),
+        (["--set", "strenght=0.5"], "strenght"),
+        (["--set", "noequals"], "key=value"),
+        (["--model", "tiny/nope"], "tiny/nope"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(spec_file, tmp_path, capsys, args, message):
+    rc = main(["sweep", str(spec_file), "--out", str(tmp_path / "o"), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("img2img-lab: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_spec_file(tmp_path, capsys):
+    rc = main(["sweep", str(tmp_path / "missing.yaml"), "--quiet"])
+    assert rc == 2 and "missing.yaml" in capsys.readouterr().err
+
+
+def test_python_tags_in_yaml_are_refused(tmp_path, capsys):
+    path = tmp_path / "evil.yaml"
+    path.write_text("model: !!python/object/apply:os.system ['echo hacked']\nprompt: x\nimage: cat\n")
+    rc = main(["sweep", str(path), "--quiet"])
+    assert rc == 2 and "hacked" not in capsys.readouterr().out
+
+
+def test_module_entry_point_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "img2img_lab", "sweep", str(tmp_path / "x.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_models_lists_the_tiny_models(capsys):
+    assert main(["models"]) == 0
+    assert "tiny/sd15" in capsys.readouterr().out
