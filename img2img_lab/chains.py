@@ -357,7 +357,8 @@ def _plan(chain: Chain, pipes: list) -> list[str]:
         if type(target).__name__ not in LATENT_INPUT_CLASSES:
             reason = f"{type(target).__name__} takes pixels, not latents"
         elif not same_vae(source, target):
-            reason = f"its VAE differs from stage {i + 1}'s ({type(vae_of(source)).__name__} vs {type(vae_of(target)).__name__} or other weights)"
+            names = f"{type(vae_of(source)).__name__} vs {type(vae_of(target)).__name__}"
+            reason = f"its VAE differs from stage {i + 1}'s ({names}: other class, config or weights)"
         wants_latent = asked == "latent" or (asked is None and chain.latents is True)
         if reason is not None and wants_latent:
             raise ValidationError(
