@@ -1,0 +1,542 @@
+"""The interactive explorer of a sweep: an ipywidgets grid, a cell's detail, sort and filter.
+
+This is the only module that touches ipywidgets. It uses standard widgets only (no custom
+JavaScript), so the explorer works in JupyterLab, the classic notebook, Voila and Colab, and its
+state can be saved into an exported HTML page (see `img2img_lab.htmlexport`).
+
+Text that comes from the sweep (prompts, image sources, error messages) is HTML-escaped wherever
+it lands in HTML (the edge labels, the parameter table, the ranking message); widgets that show
+plain text (`Label`, `Textarea`, `Dropdown`/`Select` options) get it unescaped.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import numbers
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+
+from .grid import _axis_values, _norm, _placeholder, cell_image, format_value, grid_layout, is_metric_column
+from .result import BOOKKEEPING_COLUMNS
+
+PREFERRED_AXES = ("strength", "guidance_scale")
+NO_AXIS = "(none)"  # y option for a one-row grid
+# Row columns that are not keywords of the pipeline call (they go to load_pipeline, load_image, the generator).
+_NOT_CALL = frozenset({"model", "image", "seed", "scheduler"})
+_RANKED_ROWS = 10
+# DOM classes, for styling and for the browser tests.
+CSS = {
+    "root": "img2img-lab-explorer",
+    "cell": "img2img-lab-cell",
+    "select": "img2img-lab-select",
+    "header": "img2img-lab-header",
+    "detail": "img2img-lab-detail",
+    "init": "img2img-lab-init",
+    "params": "img2img-lab-params",
+    "code": "img2img-lab-code",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# pure helpers: values, images, the reproducing snippet
+
+
+def _plain(value):
+    """A cell value as plain Python (numpy scalars and arrays unwrapped), for repr and labels."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _is_null(value) -> bool:
+    return _norm(value) == _norm(None)
+
+
+def _png_bytes(image, max_side: int | None = None) -> bytes:
+    """PNG bytes of a PIL image, shrunk (never enlarged) so its longer side is at most `max_side`."""
+    if max_side is not None and max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _accepts_height(pipeline_class) -> bool:
+    """Whether the pipeline's `__call__` takes `height`/`width` (read from diffusers' source)."""
+    from . import spec as spec_module
+
+    if not isinstance(pipeline_class, str) or not pipeline_class:
+        return False
+    args = None
+    rel = spec_module.CALL_PIPELINES.get(pipeline_class)
+    if rel is not None:
+        import importlib.util
+        from pathlib import Path
+
+        found = importlib.util.find_spec("diffusers")
+        if found and found.submodule_search_locations:
+            args = spec_module._call_args_from_source(Path(next(iter(found.submodule_search_locations))), pipeline_class, rel)
+    if args is None:
+        try:
+            args = spec_module._call_args_from_import(pipeline_class)
+        except Exception:  # not a diffusers class (a custom pipeline): assume the img2img layout
+            return False
+    return "height" in args
+
+
+def code_snippet(result, which) -> str:
+    """Python code that reproduces one image of a sweep exactly, ready to paste in a notebook.
+
+    Every call keyword of the row is written with `repr`, the scheduler swap and loading options
+    included, and `torch.Generator("cpu").manual_seed(seed)` as the runner uses. Pipelines without
+    `height`/`width` (Stable Diffusion img2img) get the init image resized, as the runner does.
+
+    Args:
+        result: a `SweepResult`.
+        which: row position, content key or row (`pandas.Series`).
+
+    Example:
+        >>> print(lab.widgets.code_snippet(result, 0))
+        >>> exec(lab.widgets.code_snippet(result, 0)); image    # the same pixels as result.image(0)
+    """
+    from .spec import SCHEDULER_NAMES
+
+    row = result._row(which)
+    spec = getattr(result, "spec", None)
+    spec_params = dict(getattr(spec, "params", None) or {}) if spec is not None else {}
+
+    # 1. the pipeline: model, loading options, scheduler swap
+    options = {}
+    if spec is not None and row.get("model") in [str(m) for m in getattr(spec, "model", ())]:
+        options.update({k: _plain(v) for k, v in dict(getattr(spec, "options", None) or {}).items()})
+    if "dtype" not in options and not _is_null(row.get("dtype")) and row.get("dtype"):
+        options["dtype"] = str(row["dtype"])
+    scheduler = row.get("scheduler")
+    if isinstance(scheduler, str) and scheduler in SCHEDULER_NAMES:
+        options["scheduler"] = scheduler
+    load_args = ", ".join([repr(str(row["model"]))] + [f"{k}={v!r}" for k, v in options.items()])
+
+    # 2. the init image, resized where the runner resized it
+    source = row.get("image")
+    if not isinstance(source, str) or source.startswith("<") or not source:
+        source = str(result.out_dir / row["init_image_path"])  # an in-memory image: its stored copy
+    width, height = _plain(row.get("width")), _plain(row.get("height"))
+    init = result.init_image(row)
+    sized = not _is_null(width) and not _is_null(height) and init is not None and init.size != (width, height)
+    if "width" in spec_params or "height" in spec_params:
+        sized = True
+        width = spec_params["width"] if isinstance(spec_params.get("width"), numbers.Integral) else width
+        height = spec_params["height"] if isinstance(spec_params.get("height"), numbers.Integral) else height
+    call_size = sized and _accepts_height(row.get("pipeline_class"))
+    size_arg = f", size=({int(width)}, {int(height)})" if sized and not call_size else ""
+
+    # 3. the call: every keyword of the row, in table order
+    kwargs = {}
+    for column in result.df.columns:
+        if column in _NOT_CALL or column in BOOKKEEPING_COLUMNS or is_metric_column(column):
+            continue
+        value = _plain(row.get(column))
+        if _is_null(value) and column != "negative_prompt":  # absent for this row (or dropped: upscalers)
+            continue
+        kwargs[column] = None if _is_null(value) else value
+    if call_size:
+        kwargs.update(height=int(height), width=int(width))
+    lines = [
+        "import torch",
+        "import img2img_lab as lab",
+        "",
+        f"pipe = lab.load_pipeline({load_args})",
+        f"init = lab.load_image({source!r}{size_arg})",
+        "image = pipe(",
+        "    image=init,",
+        *[f"    {k}={v!r}," for k, v in kwargs.items()],
+        f'    generator=torch.Generator("cpu").manual_seed({int(_plain(row["seed"]))}),',
+        ").images[0]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _table_html(pairs, css_class: str) -> str:
+    """An HTML table of (name, value) pairs, every name and value escaped."""
+    rows = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
+        f"<td style='white-space:pre-wrap;word-break:break-word'>{html.escape(str(v))}</td></tr>"
+        for k, v in pairs
+    )
+    return f"<table class='{css_class}'>{rows}</table>"
+
+
+def _value_text(value) -> str:
+    value = _plain(value)
+    if _is_null(value):
+        return "None"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# the explorer
+
+
+class Explorer(widgets.VBox):
+    """The sweep explorer widget; build it with `explore`.
+
+    Attributes (the parts, for tests and for embedding elsewhere): `x_axis`, `y_axis` (axis
+    dropdowns), `fixed` (column -> slider or dropdown of each other swept column), `grid`
+    (`GridBox` of edge labels and cells), `cells` (the cell widgets in grid order, each a `VBox`
+    of an `Image` and a "select" `Button`), `detail_image`, `init_image`, `params`, `metrics`,
+    `code`, `sort_by`, `ascending`, `query`, `message`, `ranked`; `selected` is the selected key.
+    """
+
+    def __init__(self, result, x=None, y=None, *, thumb: int = 128):
+        # 1. validate
+        from .errors import ValidationError
+
+        if isinstance(thumb, bool) or not isinstance(thumb, int) or thumb < 16:
+            raise ValidationError(f"`thumb` must be an int >= 16 (pixels), got {thumb!r}")
+        df = result.df
+        if df.empty:
+            raise ValidationError(f"`result` has no rows to explore ({result.out_dir})")
+        swept = list(result.swept)
+        for name, column in (("x", x), ("y", y)):
+            if column is not None and column not in swept:
+                raise ValidationError(f"`{name}` must be a swept column, got {column!r}; swept columns: {swept}")
+        if x is not None and x == y:
+            raise ValidationError(f"`x` and `y` must differ, both are {x!r}")
+        self.result, self.thumb, self.swept = result, thumb, swept
+        self.selected = None
+        self._thumbs: dict = {}
+        self._rows_shown = df  # rows passing the filter
+
+        # 2. axis choice: preferred axes if swept, else the first two swept columns
+        preferred = [c for c in PREFERRED_AXES if c in swept] + [c for c in swept if c not in PREFERRED_AXES]
+        x = x or (preferred[0] if preferred else None)
+        y = y or next((c for c in preferred if c != x), None)
+        options = swept or [NO_AXIS]
+        self.x_axis = widgets.Dropdown(options=options, value=x or NO_AXIS, description="x")
+        self.y_axis = widgets.Dropdown(options=[NO_AXIS] + swept, value=y or NO_AXIS, description="y")
+        self.fixed = {}
+        for column in swept:
+            values = _axis_values(df[column])
+            labelled = [(format_value(v), i) for i, v in enumerate(values)]
+            numeric = all(isinstance(_plain(v), numbers.Real) and not _is_null(v) for v in values)
+            control = (widgets.SelectionSlider if numeric else widgets.Dropdown)(
+                options=labelled, value=0, description=column, continuous_update=False,
+                style={"description_width": "initial"},
+            )
+            control._values = values
+            control.observe(self._on_change, names="value")
+            self.fixed[column] = control
+        self.fixed_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+
+        # 3. grid and detail
+        self.grid = widgets.GridBox(layout=widgets.Layout(grid_gap="4px", align_items="center"))
+        self.cells: list = []
+        self._headers: list = []
+        self.detail_image = widgets.Image(format="png")
+        self.detail_image.add_class(CSS["detail"])
+        self.init_image = widgets.Image(format="png")
+        self.init_image.add_class(CSS["init"])
+        self.params = widgets.HTML()
+        self.params.add_class(CSS["params"])
+        self.metrics = widgets.HTML()
+        self.code = widgets.Textarea(layout=widgets.Layout(width="100%", height="14em"))
+        self.code.add_class(CSS["code"])
+        detail = widgets.VBox([
+            widgets.HBox([
+                widgets.VBox([widgets.Label("selected"), self.detail_image]),
+                widgets.VBox([widgets.Label("init image"), self.init_image]),
+                widgets.VBox([self.params, self.metrics]),
+            ]),
+            widgets.Label("code that reproduces this image:"),
+            self.code,
+        ])
+
+        # 4. sort and filter
+        metric_columns = [c for c in df.columns if is_metric_column(c)]
+        sortable = swept + metric_columns + [c for c in df.columns if c not in swept and c not in metric_columns]
+        self.sort_by = widgets.Dropdown(options=sortable, value=(metric_columns or sortable)[0], description="sort by")
+        self.ascending = widgets.ToggleButton(value=True, description="ascending", icon="sort-amount-asc")
+        self.query = widgets.Text(
+            value="", placeholder="pandas query, e.g. strength > 0.5 and status == 'ok'",
+            description="filter", continuous_update=False, layout=widgets.Layout(width="32em"),
+        )
+        self.message = widgets.HTML()
+        self.ranked = widgets.Select(options=[], rows=_RANKED_ROWS, layout=widgets.Layout(width="100%"))
+        for control in (self.x_axis, self.y_axis):
+            control.observe(self._on_axes, names="value")
+        for control in (self.sort_by, self.ascending, self.query):
+            control.observe(self._on_filter, names="value")
+        self.ranked.observe(self._on_ranked, names="value")
+
+        super().__init__([
+            widgets.HBox([self.x_axis, self.y_axis]),
+            self.fixed_box,
+            self.grid,
+            detail,
+            widgets.HBox([self.sort_by, self.ascending, self.query]),
+            self.message,
+            self.ranked,
+        ])
+        self.add_class(CSS["root"])
+        self._on_axes()
+        self._update_ranked()
+        first = next((row for row in self._layout.cells.values() if row.get("status", "ok") == "ok"), None)
+        if first is None and len(df):
+            first = df.iloc[0]
+        self.select(first["key"])
+
+    # -- reading the state
+
+    @property
+    def x(self):
+        return None if self.x_axis.value == NO_AXIS else self.x_axis.value
+
+    @property
+    def y(self):
+        return None if self.y_axis.value == NO_AXIS else self.y_axis.value
+
+    def fixed_values(self) -> dict:
+        """The value each non-axis swept column is fixed at."""
+        return {c: w._values[w.value] for c, w in self.fixed.items() if c not in (self.x, self.y)}
+
+    def visible_keys(self) -> list:
+        """Content keys of the cells in grid order (row by row); None where a cell is empty."""
+        return [getattr(cell, "_key", None) for cell in self.cells[: self._n_cells]]
+
+    # -- callbacks
+
+    def _on_axes(self, change=None):
+        if self.x is not None and self.x == self.y:  # swap instead of refusing
+            old = change["old"] if change else None
+            other = self.y_axis if change is not None and change["owner"] is self.x_axis else self.x_axis
+            with self.hold_trait_notifications():
+                other.unobserve(self._on_axes, names="value")
+                other.value = old if old not in (None, self.x_axis.value) else NO_AXIS
+                other.observe(self._on_axes, names="value")
+        self.fixed_box.children = [w for c, w in self.fixed.items() if c not in (self.x, self.y)]
+        self._update_grid()
+
+    def _on_change(self, change=None):
+        self._update_grid()
+
+    def _on_filter(self, change=None):
+        self._update_ranked()
+        self._update_grid()
+
+    def _on_ranked(self, change):
+        if change["new"] is not None:
+            self.select(change["new"])
+
+    # -- updates (existing widgets get new values; new ones are only made when the grid grows)
+
+    def _layout_rows(self) -> pd.DataFrame:
+        df = self.result.df
+        for column, value in self.fixed_values().items():
+            df = df[df[column].map(_norm) == _norm(value)]
+        return df
+
+    def _update_grid(self):
+        from types import SimpleNamespace
+
+        df = self._layout_rows()
+        x, y = self.x, self.y
+        if df.empty:  # a sparse sweep without this combination of fixed values
+            layout = _one_row_layout(df.assign(__x=0), "__x")
+        elif x is None:
+            layout = _one_row_layout(df.assign(__x=0), "__x")
+        elif y is None:
+            layout = _one_row_layout(df, x)
+        else:
+            layout = grid_layout(SimpleNamespace(df=df, swept=self.swept), x, y, caller="explore")
+        self._layout = layout
+        nx, ny = len(layout.x_values), len(layout.y_values)
+        shown = set(self._rows_shown["key"])
+
+        # headers: a corner, the x values across the top, the y value at the start of each row
+        corner = f"<b>{html.escape(str(y or ''))} \\ {html.escape(str(x or ''))}</b>"
+        texts = [corner] + [self._label(x, v) for v in layout.x_values] + [self._label(y, v) for v in layout.y_values]
+        while len(self._headers) < len(texts):
+            header = widgets.HTML()
+            header.add_class(CSS["header"])
+            self._headers.append(header)
+        for header, text in zip(self._headers, texts):
+            header.value = text
+        while len(self.cells) < nx * ny:
+            self.cells.append(self._new_cell())
+        children = list(self._headers[: 1 + nx])
+        for yi in range(ny):
+            children.append(self._headers[1 + nx + yi])
+            for xi in range(nx):
+                cell = self.cells[yi * nx + xi]
+                row = layout.cells.get((0, yi, xi))
+                self._fill_cell(cell, row, shown)
+                children.append(cell)
+        self._n_cells = nx * ny
+        self.grid.layout.grid_template_columns = f"auto repeat({nx}, {self.thumb + 8}px)"
+        if list(self.grid.children) != children:
+            self.grid.children = children
+
+    def _label(self, column, value) -> str:
+        if column is None:
+            return ""
+        text = format_value(value)
+        full = "None" if _is_null(value) else str(_plain(value))
+        return (f"<span title='{html.escape(column, quote=True)} = {html.escape(full, quote=True)}'>"
+                f"{html.escape(text)}</span>")
+
+    def _new_cell(self):
+        image = widgets.Image(format="png", width=str(self.thumb))
+        image.add_class(CSS["cell"])
+        button = widgets.Button(description="select", layout=widgets.Layout(width=f"{self.thumb}px"))
+        button.add_class(CSS["select"])
+        cell = widgets.VBox([image, button])
+        cell._key = None
+        button.on_click(lambda _b, cell=cell: cell._key is not None and self.select(cell._key))
+        return cell
+
+    def _fill_cell(self, cell, row, shown: set):
+        image_widget, button = cell.children
+        key = None if row is None else row["key"]
+        cell._key = key
+        if key is not None and key not in shown:
+            data, reason = self._placeholder("filtered"), "filtered"
+        elif key is None:
+            data, reason = self._placeholder("missing"), "missing"
+        else:
+            data, reason = self._thumbs.get(key), None
+            if data is None:
+                image, reason = cell_image(self.result, row)
+                data = _png_bytes(image, self.thumb) if image is not None else self._placeholder(reason)
+                self._thumbs[key] = data
+        if image_widget.value != data:
+            image_widget.value = data
+        button.disabled = key is None
+        button.description = "selected" if key is not None and key == self.selected else "select"
+        button.button_style = "info" if key is not None and key == self.selected else ""
+        button.tooltip = reason or ""
+
+    def _placeholder(self, reason: str) -> bytes:
+        cache_key = ("placeholder", reason)
+        if cache_key not in self._thumbs:
+            self._thumbs[cache_key] = _png_bytes(_placeholder((self.thumb, self.thumb), reason))
+        return self._thumbs[cache_key]
+
+    def _update_ranked(self):
+        df = self.result.df
+        try:
+            rows = df.query(self.query.value) if self.query.value.strip() else df
+            column = self.sort_by.value
+            rows = rows.sort_values(column, ascending=self.ascending.value, na_position="last", kind="stable",
+                                    key=lambda s: s.map(_sort_key))
+        except Exception as exc:  # a half-typed query must not break the explorer
+            self.message.value = (f"<span style='color:#a00'>filter {html.escape(repr(self.query.value))} failed: "
+                                  f"{html.escape(f'{type(exc).__name__}: {exc}')}</span>")
+            return
+        self._rows_shown = rows
+        self.message.value = html.escape(f"{len(rows)} of {len(df)} images, sorted by {column} "
+                                         f"({'ascending' if self.ascending.value else 'descending'})")
+        shown_columns = list(dict.fromkeys(self.swept + [column] + [c for c in df.columns if is_metric_column(c)]))
+        options = []
+        for _, row in rows.iterrows():
+            parts = [f"{c}={format_value(row[c], 40)}" for c in shown_columns if c in row.index]
+            status = row.get("status", "ok")
+            options.append(("  ".join(parts) + ("" if status == "ok" else f"  [{status}]"), row["key"]))
+        with self.ranked.hold_trait_notifications():
+            self.ranked.unobserve(self._on_ranked, names="value")
+            self.ranked.options = options
+            self.ranked.value = self.selected if self.selected in set(rows["key"]) else None
+            self.ranked.observe(self._on_ranked, names="value")
+
+    def select(self, key):
+        """Show one cell (content key) in the detail view: image, init image, parameters, metrics, code."""
+        result = self.result
+        row = result._row(key)
+        self.selected = row["key"]
+        image, reason = cell_image(result, row)
+        self.detail_image.value = _png_bytes(image) if image is not None else self._placeholder(reason)
+        init = result.init_image(row)
+        self.init_image.value = _png_bytes(init) if init is not None else self._placeholder("missing")
+        if image is not None:
+            self.detail_image.width = str(min(512, max(image.size[0], 256)))
+            self.init_image.width = self.detail_image.width
+        pairs = [(c, _value_text(row[c])) for c in result.df.columns
+                 if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
+        pairs += [(c, _value_text(row[c])) for c in ("status", "error", "effective_steps", "width", "height",
+                                                      "scheduler_class", "seconds", "key") if c in row.index]
+        self.params.value = _table_html(pairs, CSS["params"])
+        metric_pairs = [(c, _value_text(row[c])) for c in result.df.columns if is_metric_column(c)]
+        self.metrics.value = _table_html(metric_pairs, "img2img-lab-metrics") if metric_pairs else ""
+        try:
+            self.code.value = code_snippet(result, row)
+        except Exception as exc:  # the detail view must still show
+            self.code.value = f"# no snippet: {type(exc).__name__}: {exc}"
+        for cell in self.cells[: getattr(self, "_n_cells", 0)]:
+            selected = cell._key is not None and cell._key == self.selected
+            cell.children[1].description = "selected" if selected else "select"
+            cell.children[1].button_style = "info" if selected else ""
+        if self.ranked.value != self.selected and self.selected in {k for _, k in self.ranked.options}:
+            self.ranked.unobserve(self._on_ranked, names="value")
+            self.ranked.value = self.selected
+            self.ranked.observe(self._on_ranked, names="value")
+
+
+def _sort_key(value):
+    value = _plain(value)
+    return value if isinstance(value, (numbers.Number, str)) or _is_null(value) else repr(value)
+
+
+def _one_row_layout(df, x):
+    """A grid with one row (no y axis), as `grid_layout` would give it."""
+    from .grid import GridLayout
+
+    x_values = _axis_values(df[x])
+    index = {_norm(v): i for i, v in enumerate(x_values)}
+    cells = {}
+    for _, row in df.iterrows():
+        cell = (0, 0, index[_norm(row[x])])
+        if cell not in cells or (cells[cell].get("status") != "ok" and row.get("status") == "ok"):
+            cells[cell] = row
+    return GridLayout(x, "__y", None, x_values, [None], [None], cells, df)
+
+
+def explore(result, x=None, y=None, *, thumb: int = 128) -> Explorer:
+    """An interactive explorer of a sweep, as an ipywidgets widget (display it, or leave it last in a cell).
+
+    Dropdowns choose the x and y axes among the swept columns (default `strength` and
+    `guidance_scale` when swept); every other swept column becomes a slider (numbers) or a dropdown
+    (text) that fixes its value. Clicking a cell's "select" button shows its full image beside the
+    init image with its parameters, metrics and a code snippet that reproduces exactly that image.
+    Under the grid, the images are ranked by any column (a metric too) and filtered by a pandas
+    query (cells filtered out are greyed in the grid; a bad query shows a message).
+
+    Works in JupyterLab, the classic notebook and Voila as is. In Colab, enable the widget manager
+    once per notebook first::
+
+        from google.colab import output
+        output.enable_custom_widget_manager()
+
+    Args:
+        result: a `SweepResult` (from `run_sweep` or `load_sweep`).
+        x, y: the swept columns shown across and down; None for the defaults.
+        thumb: the side of the grid's thumbnails, in pixels.
+
+    Returns:
+        An `Explorer` (an `ipywidgets.VBox`).
+
+    Example:
+        >>> result = lab.load_sweep("runs/cat")
+        >>> lab.explore(result)                          # last line of a cell: the widget shows
+        >>> lab.explore(result, x="guidance_scale", y="seed", thumb=96)
+    """
+    return Explorer(result, x, y, thumb=thumb)

@@ -1,0 +1,162 @@
+"""The explorer widget without a browser: axes, sliders, selection, escaping, sort/filter, snippet."""
+
+import io
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _fake_sweep import make_fake_sweep
+from img2img_lab.errors import ValidationError
+from img2img_lab.widgets import CSS, code_snippet, explore
+
+XSS = "<script>window.__xss=1</script><img src=x onerror='window.__xss=2'>"
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def row_of(result, **params):
+    df = result.df
+    for column, value in params.items():
+        df = df[df[column] == value]
+    assert len(df) == 1, params
+    return df.iloc[0]
+
+
+@pytest.fixture
+def fake(tmp_path):
+    return make_fake_sweep(tmp_path / "sweep")  # strength x guidance_scale x negative_prompt, one failed cell
+
+
+def cell_pixels(explorer, yi, xi):
+    nx = len(explorer._layout.x_values)
+    return pixels(explorer.cells[yi * nx + xi].children[0].value)
+
+
+def test_defaults_and_axis_dropdowns_update_labels(fake):
+    ex = explore(fake)
+    assert (ex.x, ex.y) == ("strength", "guidance_scale")
+    assert CSS["root"] in ex._dom_classes
+    headers = [h.value for h in ex._headers[:6]]
+    assert [re.sub("<[^>]+>", "", h) for h in headers[1:4]] == ["0.3", "0.6", "0.9"]
+    assert [c.description for c in ex.fixed_box.children] == ["negative_prompt"]
+    cells_before = ex.cells[:]
+
+    ex.x_axis.value = "negative_prompt"
+    headers = [re.sub("<[^>]+>", "", h.value) for h in ex._headers[:3]]
+    assert headers[1:] == ["&quot;&quot;", "ugly, deformed, disfigured,…"]
+    assert [c.description for c in ex.fixed_box.children] == ["strength"]
+    assert ex.cells[:4] == cells_before[:4]  # updated in place, not rebuilt
+    # choosing the other axis' column swaps instead of refusing
+    ex.y_axis.value = "negative_prompt"
+    assert ex.y == "negative_prompt" and ex.x != "negative_prompt"
+
+
+def test_slider_changes_images_to_the_right_cell(fake):
+    ex = explore(fake, x="negative_prompt", y="guidance_scale")
+    slider = ex.fixed["strength"]
+    assert type(slider).__name__ == "SelectionSlider"
+    ugly = fake.df["negative_prompt"].iloc[1]
+    np.testing.assert_array_equal(cell_pixels(ex, 1, 1), np.asarray(fake.image(row_of(fake, strength=0.3, guidance_scale=7.5, negative_prompt=ugly))))
+    before = ex.cells[3].children[0].value
+    slider.value = 1  # strength 0.6
+    assert ex.cells[3].children[0].value != before
+    for (yi, g), (xi, neg) in [((y, g), (x, n)) for y, g in enumerate([1.0, 7.5]) for x, n in enumerate(["", ugly])]:
+        expected = fake.image(row_of(fake, strength=0.6, guidance_scale=g, negative_prompt=neg))
+        np.testing.assert_array_equal(cell_pixels(ex, yi, xi), np.asarray(expected))
+    slider.value = 2  # strength 0.9: the failed cell (guidance 7.5, no negative prompt) is a placeholder
+    assert ex.visible_keys()[2] == row_of(fake, strength=0.9, guidance_scale=7.5, negative_prompt="")["key"]
+    assert ex.cells[2].children[1].tooltip == "error"
+    # a text column is a dropdown
+    ex2 = explore(fake)
+    assert type(ex2.fixed["negative_prompt"]).__name__ == "Dropdown"
+    ex2.fixed["negative_prompt"].value = 1
+    expected = fake.image(row_of(fake, strength=0.3, guidance_scale=1.0, negative_prompt=ugly))
+    np.testing.assert_array_equal(cell_pixels(ex2, 0, 0), np.asarray(expected))
+
+
+def test_selecting_a_cell_shows_image_parameters_and_code(fake):
+    ex = explore(fake)
+    target = ex.cells[4]  # guidance 7.5, strength 0.6
+    target.children[1].click()
+    row = row_of(fake, strength=0.6, guidance_scale=7.5, negative_prompt="")
+    assert ex.selected == row["key"] and target.children[1].description == "selected"
+    np.testing.assert_array_equal(pixels(ex.detail_image.value), np.asarray(fake.image(row)))
+    np.testing.assert_array_equal(pixels(ex.init_image.value), np.asarray(fake.init_image(row)))
+    assert "<th style='text-align:left;padding-right:1em'>strength</th>" in ex.params.value
+    assert ">0.6<" in ex.params.value and ">7.5<" in ex.params.value
+    assert "strength=0.6," in ex.code.value and "manual_seed(0)" in ex.code.value
+    assert ex.ranked.value == row["key"]
+    # the failed cell shows its error
+    ex.select(row_of(fake, strength=0.9, guidance_scale=7.5, negative_prompt="")["key"])
+    assert "fake failure for tests" in ex.params.value
+
+
+def test_prompt_text_is_always_escaped(tmp_path):
+    result = make_fake_sweep(tmp_path / "s", prompt=XSS, negative_prompt=["", "<b>bold</b> & 'q'"], error_cell=None)
+    ex = explore(result, x="negative_prompt")
+    html_texts = [h.value for h in ex._headers] + [ex.params.value, ex.message.value, ex.metrics.value]
+    joined = "\n".join(html_texts)
+    assert "<script" not in joined and "<img" not in joined and "<b>bold" not in joined
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in ex.params.value
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &#x27;q&#x27;" in joined  # the header's tooltip attribute too
+    # text widgets hold the text itself (they never parse HTML)
+    assert repr(XSS) in ex.code.value
+    ex.query.value = "prompt == '<nope>' and"
+    assert "&lt;nope&gt;" in ex.message.value and "<nope>" not in ex.message.value
+
+
+def test_sort_and_filter_by_any_column_a_metric_too(fake):
+    df = fake.df.assign(ssim=np.linspace(0.9, 0.1, len(fake.df)))
+    result = replace(fake, df=df)
+    ex = explore(result)
+    assert ex.sort_by.value == "ssim" and "ssim" in ex.metrics.value
+    keys = [k for _, k in ex.ranked.options]
+    assert keys == list(df.sort_values("ssim")["key"])
+    ex.ascending.value = False
+    assert [k for _, k in ex.ranked.options] == list(df.sort_values("ssim", ascending=False)["key"])
+    ex.sort_by.value = "strength"
+    assert df.set_index("key").loc[ex.ranked.options[0][1], "strength"] == 0.9
+
+    ex.query.value = "strength < 0.5 and status == 'ok'"
+    assert len(ex.ranked.options) == 4 and "4 of 12" in ex.message.value
+    filtered = ex._placeholder("filtered")
+    assert ex.cells[0].children[0].value != filtered  # strength 0.3 shown
+    assert ex.cells[1].children[0].value == filtered  # strength 0.6 greyed
+    ex.ranked.value = ex.ranked.options[-1][1]  # choosing in the ranking selects the cell
+    assert ex.selected == ex.ranked.options[-1][1]
+
+    ex.query.value = "strength <<< 1"  # an error is a message, and the last good state stays
+    assert "failed: SyntaxError" in ex.message.value and len(ex.ranked.options) == 4
+
+
+def test_validation(fake):
+    with pytest.raises(ValidationError, match="`x` must be a swept column"):
+        explore(fake, x="seed")
+    with pytest.raises(ValidationError, match="`thumb`"):
+        explore(fake, thumb=0)
+    one = make_fake_sweep(fake.out_dir.parent / "one", strength=[0.3, 0.6], guidance_scale=[7.5],
+                          negative_prompt=[""], error_cell=None)
+    ex = explore(one)
+    assert (ex.x, ex.y, len(ex.visible_keys())) == ("strength", None, 2)
+
+
+def test_snippet_reproduces_a_tiny_sd15_image_exactly(tmp_path):
+    import img2img_lab as lab
+
+    spec = lab.SweepSpec(model="tiny/sd15", prompt="a cat", image="astronaut", strength=[0.5, 0.8],
+                         guidance_scale=5.0, num_inference_steps=3, scheduler="euler",
+                         params={"height": 64, "width": 64})
+    result = lab.run_sweep(spec, tmp_path / "sweep", progress=False)
+    code = code_snippet(result, 1)
+    assert "lab.load_image('astronaut', size=(64, 64))" in code  # sd15 has no height/width: resized
+    assert "scheduler='euler'" in code and "strength=0.8," in code
+    namespace = {}
+    exec(code, namespace)
+    np.testing.assert_array_equal(np.asarray(namespace["image"]), np.asarray(result.image(1)))
+    ex = explore(result)
+    assert ex.code.value == code_snippet(result, ex.selected)
