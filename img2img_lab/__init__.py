@@ -42,6 +42,16 @@ _EXPORTS = {
     "explore": "widgets",
     "add_metrics": "metrics",
     "plot_tradeoff": "plots",
+    # the guide's other experiments
+    "Chain": "chains",
+    "Stage": "chains",
+    "ChainResult": "chains",
+    "run_chain": "chains",
+    "sweep_chain": "chains",
+    "encode_weighted": "prompts",
+    "depth_map": "control",
+    "prepare_control_image": "control",
+    "kandinsky_prior_path": "tiny",
     # reports
     "report": "report",
 }

@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .errors import LabError
+from .errors import LabError, ValidationError
 
 ROOT = Path(__file__).resolve().parent
 DEMO_SPEC = ROOT / "assets" / "demo.yaml"
@@ -47,13 +48,46 @@ def _summary(result, limit: int = 20) -> str:
     return f"{text}\n\n{len(df)} images: " + ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _launch_with_accelerate(argv: list[str], num_processes: int) -> int:
+    """Re-run this very command under `accelerate launch` with N processes (one device each)."""
+    import subprocess
+
+    rest = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--num-processes":
+            skip = True
+            continue
+        if item.startswith("--num-processes="):
+            continue
+        rest.append(item)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "img2img_lab", *rest]
+    return subprocess.call(cmd)
+
+
 def cmd_sweep(args) -> int:
     from .runner import run_sweep
 
+    if args.num_processes is not None:
+        if args.num_processes < 1:
+            raise ValidationError(f"`--num-processes` must be >= 1, got {args.num_processes}")
+        if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+            _spec_from_args(args)  # bad input fails here, once, before any process starts
+            return _launch_with_accelerate(args.argv, args.num_processes)
     spec = _spec_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
     result = run_sweep(spec, out, progress=not args.quiet, batched=not args.no_batched,
                        max_batch_size=args.max_batch_size)
+    if not _is_main_process():
+        return 0
     print(_summary(result))
     print(f"\nresults: {result.out_dir / 'results.parquet'}\nimages:  {result.out_dir / 'images'}")
     return 0 if (result.df["status"] != "error").all() else 1
@@ -96,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-batched", action="store_true", help="one pipeline call per cell")
     sweep.add_argument("--max-batch-size", type=int, default=8)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--num-processes", type=int, metavar="N",
+                       help="split the cells over N processes/GPUs through `accelerate launch`")
     sweep.set_defaults(func=cmd_sweep)
 
     demo = sub.add_parser("demo", help="the offline demo sweep on the tiny model")
@@ -111,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except LabError as exc:

@@ -591,15 +591,16 @@ def related_pipeline(pipe, task: str = "text2img", **options):
         raise ValidationError(f"`task` must be one of {sorted(classes)}, got {task!r}")
     info = getattr(pipe, "img2img_lab_info", None) or {}
     offload = (info.get("options") or {}).get("offload")
+    device = (info.get("options") or {}).get("device")
     if offload:
-        # from_pipe moves shared modules; strip the source's hooks first, then re-enable on both
+        # from_pipe moves shared modules: strip the source's hooks first, then offload both
+        # pipelines again on the original device
         pipe.remove_all_hooks()
     new = classes[task].from_pipe(pipe, **options)
-    if offload == "model":
-        pipe.enable_model_cpu_offload()
-        new.enable_model_cpu_offload()
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload()
-        new.enable_sequential_cpu_offload()
+    for target in (pipe, new) if offload else ():
+        if offload == "model":
+            target.enable_model_cpu_offload(device=device)
+        else:
+            target.enable_sequential_cpu_offload(device=device)
     new.img2img_lab_info = {**info, "task": task}
     return new

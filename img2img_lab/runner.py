@@ -137,12 +137,18 @@ def _pipe_row(pipe, model_label: str) -> dict:
     denoiser = getattr(pipe, denoiser_name(pipe), None)
     dtype = getattr(denoiser, "dtype", None) if denoiser is not None else None
     device = getattr(pipe, "device", None)
-    return {
+    row = {
         "model": model_label,
         "pipeline_class": type(pipe).__name__,
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else "",
         "device": str(device) if device is not None else "",
     }
+    # the speed/memory knobs this pipeline was loaded with (they don't change pixels, but timings)
+    opts = (getattr(pipe, "img2img_lab_info", None) or {}).get("options", {})
+    for name in ("offload", "attention", "vae_slicing", "vae_tiling", "compile"):
+        value = opts.get(name)
+        row[name] = value if isinstance(value, bool) else ("" if value is None else str(value))
+    return row
 
 
 def _load_init_image(source, model):
@@ -232,23 +238,37 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
     # 2. expand the grid into cells with content keys
     prepared = _prepare(spec, store)
 
-    # 3. skip cells already finished in this folder
+    # 3. skip cells already finished in this folder; under `accelerate launch` each process takes
+    #    its share of the rest (every process reads the table before any of them writes)
+    state = _distributed_state()
     table = store.read_table()
     done = set(table.loc[table["status"].isin(DONE_STATUSES), "key"]) if not table.empty else set()
     todo = [p for p in prepared if p.key not in done]
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        with state.split_between_processes(todo) as share:
+            mine = list(share)
+    else:
+        mine = todo
+    options = dict(spec.options)
+    if state.num_processes > 1 and "device" not in options:
+        options["device"] = str(state.device)  # one device per process
 
     # 4. run the rest, grouped by model and scheduler so each pipeline loads once
-    store.write_spec(spec)
+    if state.is_main_process:
+        store.write_spec(spec)
     groups = defaultdict(list)
-    for p in todo:
+    for p in mine:
         groups[(str(p.cell.model), p.cell.scheduler)].append(p)
-    bar = tqdm(total=len(todo), desc="sweep", unit="img", disable=not progress or not todo)
+    bar = tqdm(total=len(mine), desc="sweep" if state.num_processes == 1 else f"sweep [{state.process_index}]",
+               unit="img", disable=not progress or not mine, position=state.process_index)
     computed = 0
+    finished = False
     try:
         for (model, scheduler), cells in groups.items():
             from .loaders import load_pipeline
 
-            group_pipe = pipe if pipe is not None else load_pipeline(model, **spec.options)
+            group_pipe = pipe if pipe is not None else load_pipeline(model, **options)
             base = _pipe_row(group_pipe, model if pipe is None else _model_label(model, pipe))
             no_strength = "strength" not in _explicit_parameters(group_pipe)
             with _quiet_progress(group_pipe), _scheduler(group_pipe, scheduler):
@@ -270,19 +290,40 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
                     computed += 1
                     bar.update(1)
                     bar.set_postfix_str(f"{status} {seconds:.2f}s", refresh=False)
+        finished = True
     finally:
         bar.close()
+        if finished and state.num_processes > 1:
+            state.wait_for_everyone()  # every share is on disk before the table is folded
         # 5. collect: fold finished rows into the table, even after an interruption
         order = [p.key for p in prepared]
         meta = store.update_meta(
             versions=library_versions(),
             runs=[{"started": started, "finished": datetime.now(timezone.utc).isoformat(),
                    "host": socket.gethostname(), "cells": len(prepared), "computed": computed,
-                   "skipped": len(prepared) - len(todo)}],
+                   "skipped": len(prepared) - len(todo), "process": state.process_index,
+                   "num_processes": state.num_processes}],
             generator="torch.Generator('cpu').manual_seed(seed)",
         )
         df = store.consolidate(order=order, metadata={"img2img_lab": {"spec": spec.to_dict(), "versions": meta["versions"]}})
     return SweepResult(df=df, out_dir=store.root, spec=spec, meta=meta)
+
+
+class _SingleProcess:
+    num_processes, process_index, is_main_process = 1, 0, True
+
+
+def _distributed_state():
+    """accelerate's PartialState when launched with `accelerate launch` (several processes)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _SingleProcess()
+    import torch
+    from accelerate import PartialState
+
+    # without a GPU, accelerate needs cpu=True to set up its (gloo) process group
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -316,8 +357,6 @@ def check_call_keys(pipe, cells: list[_Prepared]) -> None:
 
 def call_for(pipe, prepared: _Prepared) -> dict:
     """The exact keyword arguments of this cell's pipeline call (without the generator)."""
-    from .images import load_image
-
     accepted = _explicit_parameters(pipe)
     call = dict(prepared.cell.call)
     image = prepared.image
@@ -328,9 +367,15 @@ def call_for(pipe, prepared: _Prepared) -> dict:
             image = image.resize((int(width), int(height)), _lanczos())
     if "strength" not in accepted:
         call.pop("strength", None)
-    if isinstance(call.get("control_image"), str):
-        call["control_image"] = load_image(call["control_image"])
+    if call.get("control_image") is not None:
+        from .control import prepare_call
+
+        call = prepare_call(call, size=image.size)  # loaded, and sized like the init image
     call["image"] = image
+    if prepared.cell.compel:
+        from .prompts import weighted_call
+
+        call = weighted_call(pipe, call)  # prompt texts -> compel embeddings (the row keeps the text)
     return call
 
 

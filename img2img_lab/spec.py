@@ -296,6 +296,10 @@ def option_names() -> tuple[str, ...]:
     return tuple(sorted(set(DEFAULT_OPTIONS) - {"scheduler"}))
 
 
+# Spec-level settings that are neither axes nor call keywords nor load options.
+SETTINGS = ("name", "compel")
+
+
 @functools.lru_cache(maxsize=None)
 def known_keys() -> tuple[str, ...]:
     """Every flat key a spec accepts: axes, call keywords, loading options and `name`.
@@ -304,7 +308,7 @@ def known_keys() -> tuple[str, ...]:
         >>> "strength" in known_keys() and "offload" in known_keys()
         True
     """
-    return tuple(sorted({*AXES, "name", *call_parameters(), *option_names()}))
+    return tuple(sorted({*AXES, *SETTINGS, *call_parameters(), *option_names()}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -578,7 +582,7 @@ def _route(flat: Mapping[str, Any]) -> dict:
     for key, value in flat.items():
         if not isinstance(key, str):
             raise ValidationError(f"spec keys must be strings, got {key!r}")
-        if key in AXES or key == "name":
+        if key in AXES or key in SETTINGS:
             fields[key] = value
         elif key in ("params", "options"):
             if not isinstance(value, Mapping):
@@ -631,6 +635,7 @@ class Cell:
     call: Mapping[str, Any]
     swept: Mapping[str, Any] = field(default_factory=_FrozenDict)
     options: Mapping[str, Any] = field(default_factory=_FrozenDict)
+    compel: bool = False
 
     @property
     def effective_steps(self) -> int:
@@ -671,6 +676,8 @@ class Cell:
             "call": _plain(dict(self.call)),
             "options": _plain(dict(self.options)),
         }
+        if self.compel:  # weighted prompts change pixels; absent when off so older keys stay valid
+            payload["compel"] = True
         return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
 
 
@@ -716,6 +723,8 @@ class SweepSpec:
             e.g. `{"eta": 0.0, "controlnet_conditioning_scale": [0.5, 1.0]}`.
         options: `load_pipeline` options, not swept, e.g. `{"dtype": "float16", "offload": "model"}`.
         name: a title for reports.
+        compel: weight prompts with compel (`"a (red)1.3 cat"`, `"cat++"`): prompts and negative
+            prompts are encoded by `prompts.encode_weighted` and passed as embeddings; default False.
 
     Example:
         >>> spec = SweepSpec(model="tiny/sd15", prompt="a cat", image="cat",
@@ -736,6 +745,7 @@ class SweepSpec:
     params: Mapping[str, Any] = field(default_factory=_FrozenDict)
     options: Mapping[str, Any] = field(default_factory=_FrozenDict)
     name: str | None = None
+    compel: bool = False
 
     def __post_init__(self):
         # 1. axes
@@ -764,6 +774,8 @@ class SweepSpec:
         object.__setattr__(self, "options", _FrozenDict({k: _normalise_option(k, options[k]) for k in sorted(options)}))
         if self.name is not None and not isinstance(self.name, str):
             raise ValidationError(f"`name` must be a string or None, got {self.name!r}")
+        if not isinstance(self.compel, bool):
+            raise ValidationError(f"`compel` must be true or false, got {self.compel!r}")
         # 3. per cell: every (num_inference_steps, strength) pair must denoise at least once
         self._check_effective_steps()
 
@@ -836,6 +848,7 @@ class SweepSpec:
                 call=_FrozenDict(call),
                 swept=_FrozenDict({k: point[k] for k in names if k in swept}),
                 options=key_options,
+                compel=self.compel,
             ))
         return cells
 
@@ -872,6 +885,8 @@ class SweepSpec:
             return [_plain(v) for v in values]
 
         out: dict[str, Any] = {"name": self.name} if self.name is not None else {}
+        if self.compel:
+            out["compel"] = True
         out.update({k: flat(v) for k, v in self._axes()})
         out.update({k: _plain(v) for k, v in self.options.items()})
         return out
@@ -938,14 +953,14 @@ class SweepSpec:
             (0.5,)
         """
         flat: dict[str, Any] = {k: getattr(self, k) for k in AXES}
-        flat["name"] = self.name
+        flat.update({k: getattr(self, k) for k in SETTINGS})
         params, options = dict(self.params), dict(self.options)
         for key, value in changes.items():
             if key == "params":
                 params = self._mapping("params", value)
             elif key == "options":
                 options = self._mapping("options", value)
-            elif key in AXES or key == "name":
+            elif key in AXES or key in SETTINGS:
                 flat[key] = value
             elif key in call_parameters():
                 params[key] = value

@@ -43,7 +43,7 @@ from pathlib import Path
 from .errors import ValidationError
 
 # Bump when any tiny model's layout or weights change, so every cache rebuilds.
-VERSION = 1
+VERSION = 2  # 2: the tiny ControlNet's zero-initialised output convs are filled (it conditions)
 
 TINY_MODELS = {
     "tiny/sd15": "random-weight smoke model, Stable Diffusion 1.5 layout (pictures are noise, code paths real)",
@@ -461,6 +461,17 @@ def _build_controlnet_sd15(folder: Path) -> None:
         # three stride-2 convs: the control image is downsampled by the VAE's factor 8
         conditioning_embedding_out_channels=(8, 16, 16, 32),
     )
+    # ControlNet starts with zero convs (a no-op until trained); fill them, seeded, so the
+    # control image and `controlnet_conditioning_scale` change the picture as a trained one does
+    import torch
+
+    torch.manual_seed(_SEED)
+    with torch.no_grad():
+        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out]
+        for module in zero_convs:
+            for param in module.parameters():
+                param.normal_(0.0, 0.5)
     controlnet.save_pretrained(folder, safe_serialization=True)
 
 

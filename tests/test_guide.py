@@ -305,7 +305,6 @@ def test_9_offload_is_reapplied_after_from_pipe(monkeypatch):
     assert t2i.img2img_lab_info["options"]["offload"] == "model"
 
 
-@pytest.mark.xfail(strict=True, reason="loaders.related_pipeline re-enables offload without the original device")
 def test_9_offload_reapplied_on_the_same_device(monkeypatch):
     pipe, calls = _fake_offload(monkeypatch)
     lab.related_pipeline(pipe, "text2img")

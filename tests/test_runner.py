@@ -226,3 +226,29 @@ def test_load_sweep_of_an_empty_folder(tmp_path):
         lab.load_sweep(tmp_path)
     with pytest.raises(ValidationError, match="does not exist"):
         lab.load_sweep(tmp_path / "missing")
+
+
+def test_compel_sweep_passes_weighted_embeddings(tmp_path, pipe):
+    from img2img_lab.prompts import encode_weighted
+
+    spec = lab.SweepSpec.from_dict({**BASE, "prompt": ["a (red)1.5 cat", "a red cat"], "strength": 0.5,
+                                    "guidance_scale": 3.0, "negative_prompt": "blurry", "compel": True})
+    result = lab.run_sweep(spec, tmp_path, pipe=pipe, progress=False)
+    assert list(result.df["prompt"]) == ["a (red)1.5 cat", "a red cat"]  # the text stays in the table
+    init = lab.load_image("astronaut").resize((64, 64), lab.images.Image.Resampling.LANCZOS)
+    embeds = encode_weighted(pipe, "a (red)1.5 cat", "blurry")
+    direct = pipe(image=init, strength=0.5, guidance_scale=3.0, num_inference_steps=4, **embeds,
+                  generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert np.array_equal(np.asarray(result.image(0)), np.asarray(direct))
+    plain = lab.run_sweep(spec.replace(compel=False), tmp_path / "plain", pipe=pipe, progress=False)
+    assert plain.df["key"].iloc[0] != result.df["key"].iloc[0]
+
+
+def test_controlnet_sweep_over_conditioning_scale(tmp_path):
+    cn = lab.load_pipeline("tiny/sd15", controlnet=str(lab.tiny_model_path("tiny/controlnet-sd15")))
+    spec = lab.SweepSpec.from_dict({**BASE, "strength": 0.5, "guidance_scale": 1.0, "negative_prompt": None,
+                                    "control_image": "cat", "controlnet_conditioning_scale": [0.0, 1.0]})
+    result = lab.run_sweep(spec, tmp_path, pipe=cn, progress=False)
+    assert list(result.df["status"]) == ["ok", "ok"]
+    assert list(result.df["controlnet_conditioning_scale"]) == [0.0, 1.0]
+    assert not np.array_equal(np.asarray(result.image(0)), np.asarray(result.image(1)))
