@@ -1,0 +1,245 @@
+"""The explorer in a real browser: live in Voila, and static in an exported HTML page, offline.
+
+Headless Chromium from Debian (``/usr/bin/chromium``, never ``playwright install``), driven by
+Playwright's Python package; every request to a host other than 127.0.0.1/localhost is aborted.
+Skipped when Chromium is missing, unless ``IMG2IMG_LAB_REQUIRE_BROWSER=1`` (CI), which fails instead.
+The fixture notebook ``notebooks/explore_tiny.ipynb`` runs a tiny/sd15 sweep (strength x
+guidance_scale x seed, 64 px, 2 steps) with a prompt holding ``<script>`` and ``<img onerror>``.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+NOTEBOOK = Path(__file__).parent / "notebooks" / "explore_tiny.ipynb"
+ROOT = Path(__file__).resolve().parents[1]
+XSS_TEXT = "<script>window.__xss=1</script>"
+PAGE_TIMEOUT_MS = 240_000  # Voila runs the notebook (torch import, tiny sweep) before the widgets show
+
+# Pixels of every `img` under a selector, decoded by the browser (works for blob: and data: URLs).
+READ_PIXELS = """(els) => els.map((img) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    return {w: canvas.width, h: canvas.height,
+            data: Array.from(ctx.getImageData(0, 0, canvas.width, canvas.height).data)};
+})"""
+IMAGES_LOADED = """(sel) => {
+    const imgs = Array.from(document.querySelectorAll(sel));
+    return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0);
+}"""
+
+
+def _unavailable(reason):
+    if os.environ.get("IMG2IMG_LAB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (IMG2IMG_LAB_REQUIRE_BROWSER=1: browser tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        _unavailable(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright Python package is not installed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.blocked = []
+
+    def only_local(route):
+        url = urlparse(route.request.url)
+        if url.scheme in ("file", "data", "blob") or url.hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            page.blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def widget_js():
+    """The widget JavaScript from the npm registry (scripts/fetch_widget_js.sh), cached across sessions."""
+    from img2img_lab.htmlexport import EMBED_JS, default_js_dir
+
+    js_dir = default_js_dir()
+    if not (js_dir / EMBED_JS).exists() and shutil.which("npm") is None:
+        _unavailable(f"no widget JavaScript in {js_dir} and no npm to fetch it")
+    subprocess.run(["bash", str(ROOT / "scripts" / "fetch_widget_js.sh"), str(js_dir)], check=True, timeout=300)
+    return js_dir
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder holding the fixture notebook; its sweep is computed once and reused (content keys)."""
+    folder = tmp_path_factory.mktemp("explore_nb")
+    shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _expected(sweep_dir, **params) -> np.ndarray:
+    from img2img_lab import load_sweep
+
+    result = load_sweep(sweep_dir)
+    df = result.df
+    for column, value in params.items():
+        df = df[df[column] == value]
+    assert len(df) == 1, params
+    return np.asarray(result.image(df.iloc[0]))
+
+
+def _rgb(decoded) -> np.ndarray:
+    array = np.array(decoded["data"], dtype=np.uint8).reshape(decoded["h"], decoded["w"], 4)
+    assert (array[..., 3] == 255).all()
+    return array[..., :3]
+
+
+def _cell_pixels(page) -> list:
+    return [_rgb(d) for d in page.eval_on_selector_all("img.img2img-lab-cell", READ_PIXELS)]
+
+
+def _grid_expected(sweep_dir, seed) -> list:
+    # x = strength across, y = guidance_scale down, row by row
+    return [_expected(sweep_dir, strength=s, guidance_scale=g, seed=seed) for g in (1.0, 5.0) for s in (0.5, 1.0)]
+
+
+def _wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and (x == y).all() for x, y in zip(a, b))
+
+
+def test_voila_live_explorer_changes_cells_and_never_runs_prompt_markup(page, workdir):
+    port = _free_port()
+    log = open(workdir / "voila.log", "wb")
+    voila = subprocess.Popen(
+        [sys.executable, "-m", "voila", NOTEBOOK.name, "--no-browser", f"--port={port}",
+         "--Voila.ip=127.0.0.1", f"--Voila.root_dir={workdir}", "--Voila.port_retries=0"],
+        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        # 1. ready: a static file answers (asking for `/` would start a kernel of its own)
+        def ready():
+            assert voila.poll() is None, (workdir / "voila.log").read_text(errors="replace")[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/voila/static/voila.js", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        _wait_for(ready, timeout=60, what="Voila to listen")
+        page.goto(f"http://127.0.0.1:{port}/", timeout=PAGE_TIMEOUT_MS, wait_until="commit")
+        page.wait_for_function(IMAGES_LOADED, arg="img.img2img-lab-cell", timeout=PAGE_TIMEOUT_MS, polling=250)
+        sweep_dir = workdir / "sweep"
+
+        # 2. the grid shows the right cells: seed 0 first
+        _wait_for(lambda: _same(_cell_pixels(page), _grid_expected(sweep_dir, 0)), timeout=30, what="seed 0 cells")
+
+        # 3. move the seed slider one step: every cell changes to its seed-1 image
+        handle = page.locator(".widget-hslider .noUi-handle").first
+        handle.focus()
+        handle.press("ArrowRight")
+        _wait_for(lambda: _same(_cell_pixels(page), _grid_expected(sweep_dir, 1)), timeout=60, what="seed 1 cells")
+
+        # 4. selecting a cell shows its full image
+        page.locator("button.img2img-lab-select").nth(3).click()  # guidance 5.0, strength 1.0
+        expected = _expected(sweep_dir, strength=1.0, guidance_scale=5.0, seed=1)
+        _wait_for(
+            lambda: _same([_rgb(d) for d in page.eval_on_selector_all("img.img2img-lab-detail", READ_PIXELS)], [expected]),
+            timeout=60, what="the detail image",
+        )
+
+        # 5. the prompt's markup is text on the page, and none of it ran
+        params = page.locator(".img2img-lab-params").first
+        assert XSS_TEXT in params.inner_text()
+        assert "onerror='window.__xss=2'" in params.inner_text()
+        assert page.evaluate("window.__xss") is None
+        assert not page.errors, page.errors
+    finally:
+        if voila.poll() is None:
+            os.killpg(voila.pid, signal.SIGTERM)  # Voila and the kernel it started
+            try:
+                voila.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(voila.pid, signal.SIGKILL)
+                voila.wait(timeout=15)
+        log.close()
+
+
+def test_static_html_export_renders_widgets_offline(page, workdir, widget_js):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from img2img_lab.htmlexport import export_html, has_widget_state
+
+    # 1. execute, saving the widget state into the notebook
+    nb = nbformat.read(workdir / NOTEBOOK.name, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
+                   resources={"metadata": {"path": str(workdir)}}).execute()
+    executed = workdir / "executed.ipynb"
+    nbformat.write(nb, executed)
+    assert has_widget_state(executed)
+
+    # 2. export with the widget JavaScript beside the page, then open it from disk
+    out = workdir / "html" / "explore.html"
+    export_html(executed, out, offline=True, js_dir=widget_js)
+    assert (out.parent / "explore_files" / "embed-amd.js").exists()
+    assert "explore_files/embed-amd.js" in out.read_text()
+    page.goto(out.as_uri(), timeout=60_000)
+    page.wait_for_function(IMAGES_LOADED, arg="img.img2img-lab-cell", timeout=60_000, polling=250)
+
+    # 3. the explorer rendered: its cells (the right pixels), axis dropdown, prompt as text
+    assert _same(_cell_pixels(page), _grid_expected(workdir / "sweep", 0))
+    options = page.locator(".widget-dropdown select").first.locator("option").all_inner_texts()
+    assert "strength" in options
+    assert XSS_TEXT in page.locator(".img2img-lab-params").first.inner_text()
+    assert page.evaluate("window.__xss") is None
+    assert not [u for u in page.blocked if "embed-amd" in u or "require" in u]
