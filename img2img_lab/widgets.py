@@ -150,6 +150,12 @@ def code_snippet(result, which) -> str:
         kwargs[column] = None if _is_null(value) else value
     if call_size:
         kwargs.update(height=int(height), width=int(width))
+    args = [f"{k}={v!r}" for k, v in kwargs.items() if k not in ("control_image",)]
+    if kwargs.get("control_image") is not None:  # loaded and sized like the init image, as the runner does
+        args.append(f"control_image=lab.prepare_control_image({kwargs['control_image']!r}, init.size)")
+    if getattr(spec, "compel", False):  # the runner passes compel embeddings; the row keeps the texts
+        args = [a for a in args if not a.startswith(("prompt=", "negative_prompt="))]
+        args.insert(0, f"**lab.encode_weighted(pipe, {kwargs.get('prompt')!r}, {kwargs.get('negative_prompt')!r})")
     lines = [
         "import torch",
         "import img2img_lab as lab",
@@ -158,7 +164,7 @@ def code_snippet(result, which) -> str:
         f"init = lab.load_image({source!r}{size_arg})",
         "image = pipe(",
         "    image=init,",
-        *[f"    {k}={v!r}," for k, v in kwargs.items()],
+        *[f"    {a}," for a in args],
         f'    generator=torch.Generator("cpu").manual_seed({int(_plain(row["seed"]))}),',
         ").images[0]",
     ]
@@ -266,7 +272,7 @@ class Explorer(widgets.VBox):
         metric_columns = [c for c in df.columns if is_metric_column(c)]
         sortable = swept + metric_columns + [c for c in df.columns if c not in swept and c not in metric_columns]
         self.sort_by = widgets.Dropdown(options=sortable, value=(metric_columns or sortable)[0], description="sort by")
-        self.ascending = widgets.ToggleButton(value=True, description="ascending", icon="sort-amount-asc")
+        self.ascending = widgets.ToggleButton(value=True, description="ascending")
         self.query = widgets.Text(
             value="", placeholder="pandas query, e.g. strength > 0.5 and status == 'ok'",
             description="filter", continuous_update=False, layout=widgets.Layout(width="32em"),
@@ -317,12 +323,18 @@ class Explorer(widgets.VBox):
     # -- callbacks
 
     def _on_axes(self, change=None):
-        if self.x is not None and self.x == self.y:  # swap instead of refusing
-            old = change["old"] if change else None
-            other = self.y_axis if change is not None and change["owner"] is self.x_axis else self.x_axis
-            with self.hold_trait_notifications():
-                other.unobserve(self._on_axes, names="value")
-                other.value = old if old not in (None, self.x_axis.value) else NO_AXIS
+        if self.x is not None and self.x == self.y:  # one column on both axes: swap instead of refusing
+            changed = change["owner"] if change else self.x_axis
+            other = self.y_axis if changed is self.x_axis else self.x_axis
+            old = change["old"] if change else NO_AXIS
+            if old == NO_AXIS and other is self.x_axis:  # x can't be "(none)": take another column
+                old = next((c for c in self.swept if c != self.y), None)
+                if old is None:
+                    other, old = self.y_axis, NO_AXIS
+            other.unobserve(self._on_axes, names="value")
+            try:
+                other.value = old
+            finally:
                 other.observe(self._on_axes, names="value")
         self.fixed_box.children = [w for c, w in self.fixed.items() if c not in (self.x, self.y)]
         self._update_grid()

@@ -160,3 +160,25 @@ def test_snippet_reproduces_a_tiny_sd15_image_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(namespace["image"]), np.asarray(result.image(1)))
     ex = explore(result)
     assert ex.code.value == code_snippet(result, ex.selected)
+
+
+def test_snippet_control_image_and_compel(fake):
+    import img2img_lab as lab
+
+    result = replace(fake, df=fake.df.assign(control_image="depth.png"),
+                     spec=lab.SweepSpec(model="tiny/sd15", prompt="a (cat)1.5", image="astronaut", compel=True))
+    code = code_snippet(result, 0)
+    assert "control_image=lab.prepare_control_image('depth.png', init.size)," in code
+    assert f"**lab.encode_weighted(pipe, {fake.df['prompt'][0]!r}, '')," in code
+    assert "    prompt=" not in code and "negative_prompt=" not in code
+    compile(code, "<snippet>", "exec")
+
+
+def test_axis_swaps_and_one_row(fake):
+    ex = explore(fake)
+    ex.y_axis.value = "(none)"
+    assert ex.y is None and len(ex.visible_keys()) == 3 and len(ex.fixed_box.children) == 2
+    ex.y_axis.value = "strength"  # was x, while y had no column: x takes another one
+    assert ex.y == "strength" and ex.x not in (None, "strength")
+    ex.x_axis.value = "strength"  # back: y takes x's old column
+    assert ex.x == "strength" and ex.y not in (None, "strength")
