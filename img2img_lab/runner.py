@@ -355,6 +355,34 @@ def check_call_keys(pipe, cells: list[_Prepared]) -> None:
             )
 
 
+def warn_long_prompts(pipe, cells: list[_Prepared]) -> None:
+    """Warn once per text that the pipeline's text encoder will cut (CLIP takes 77 tokens)."""
+    tokenizers = [t for t in (getattr(pipe, n, None) for n in ("tokenizer", "tokenizer_2", "prior_tokenizer"))
+                  if t is not None and getattr(t, "model_max_length", 0) and t.model_max_length < 100_000]
+    if not tokenizers:
+        return
+    tokenizer = tokenizers[0]
+    seen = set()
+    for p in cells:
+        if p.cell.compel:  # compel splits long prompts into chunks instead of cutting them
+            continue
+        for name in ("prompt", "negative_prompt"):
+            text = p.cell.call.get(name)
+            if not isinstance(text, str) or (name, text) in seen:
+                continue
+            seen.add((name, text))
+            count = len(tokenizer(text, truncation=False).input_ids)
+            limit = tokenizer.model_max_length
+            if count > limit:
+                warnings.warn(
+                    f"`{name}` {text[:40]!r}... has {count} tokens but the text encoder of "
+                    f"{type(pipe).__name__} takes {limit}: the last {count - limit} tokens are cut "
+                    f"(set `compel: true` to encode long prompts in chunks)",
+                    UserWarning,
+                    stacklevel=4,
+                )
+
+
 def call_for(pipe, prepared: _Prepared) -> dict:
     """The exact keyword arguments of this cell's pipeline call (without the generator)."""
     accepted = _explicit_parameters(pipe)
@@ -390,6 +418,7 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
     import torch
 
     check_call_keys(pipe, cells)
+    warn_long_prompts(pipe, cells)
     calls = {id(p): call_for(pipe, p) for p in cells}
     direct = cells
     if batched:
