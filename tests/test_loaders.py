@@ -188,3 +188,35 @@ def test_tiny_controlnet_through_the_controlnet_option(init):
     out = pipe(prompt="a cat", image=init, control_image=init, strength=0.7, num_inference_steps=3,
                generator=torch.Generator().manual_seed(0)).images[0]
     assert out.size == (64, 64)
+
+
+def _fp16_opts():
+    from img2img_lab.loaders import DEFAULT_OPTIONS
+
+    return {**DEFAULT_OPTIONS, "dtype": torch.float16, "device": "cpu"}
+
+
+def test_variant_auto_takes_fp16_weights_when_the_repo_has_them(tmp_path, sd15):
+    from diffusers import AutoPipelineForImage2Image
+
+    from img2img_lab.loaders import _from_pretrained_with_variant
+
+    folder = tmp_path / "fp16-only"
+    sd15.save_pretrained(folder, variant="fp16")
+    assert any(p.name.endswith(".fp16.safetensors") for p in folder.rglob("*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback note: the variant was there
+        pipe = _from_pretrained_with_variant(AutoPipelineForImage2Image.from_pretrained, str(folder), _fp16_opts())
+    assert pipe.unet.dtype == torch.float16
+
+
+def test_variant_auto_falls_back_with_a_note(tmp_path, sd15):
+    from diffusers import AutoPipelineForImage2Image
+
+    from img2img_lab.loaders import _from_pretrained_with_variant
+
+    folder = tmp_path / "plain"
+    sd15.save_pretrained(folder)
+    with pytest.warns(UserWarning, match="has no 'fp16' variant"):
+        pipe = _from_pretrained_with_variant(AutoPipelineForImage2Image.from_pretrained, str(folder), _fp16_opts())
+    assert pipe.unet.dtype == torch.float16
