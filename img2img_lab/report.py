@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import difflib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,8 +41,10 @@ class ReportError(LabError):
     """A report notebook failed while executing: which cell, which error, where the partial notebook is.
 
     Attributes:
-        cell_index: index of the failing cell in the executed notebook (0-based, as nbformat counts).
-        exec_count: its execution count (the `In [n]` shown in Jupyter).
+        cell_index: index of the failing cell in the notebook as it ran (0-based, papermill's
+            injected-parameters cell included). The kept notebook also has papermill's two error
+            marker cells (one at the top, one just before the failing cell).
+        exec_count: its execution count, the `In [n]` shown in Jupyter.
         ename, evalue: the exception's class name and message inside the kernel.
         notebook: the executed (partial) notebook kept on disk.
     """
@@ -439,3 +442,14 @@ def cmd_report(args) -> int:
         print(f"html:     {executed.with_suffix('.html')}")
     print(f"results:  {out / 'results.parquet'}")
     return 0
+
+
+# `import img2img_lab.report` (or `from img2img_lab.report import ...`, as the notebooks do) makes
+# Python set the package attribute `img2img_lab.report` to this module, hiding the public function
+# of the same name that `lab.report(...)` means. A callable module keeps both spellings working.
+class _CallableModule(sys.modules[__name__].__class__):
+    def __call__(self, *args, **kwargs):
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
