@@ -469,19 +469,51 @@ def _load_pretrained(source: str, opts, tiny: str | None = None):
 
 def _single_file_class(path: str, opts) -> str:
     """The img2img class for a single checkpoint, from its tensor names (diffusers' own inference)."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
     if Path(path).suffix.lower() == ".safetensors":
+        from collections.abc import Mapping
+
         from safetensors import safe_open
 
-        with safe_open(path, framework="pt") as f:
-            keys = list(f.keys())
-        checkpoint = dict.fromkeys(keys)
+        class _Lazy(Mapping):  # diffusers reads a few tensors' shapes; load only those
+            def __init__(self, handle):
+                self.handle, self.keys_ = handle, set(handle.keys())
+
+            def __getitem__(self, key):
+                if key not in self.keys_:
+                    raise KeyError(key)
+                return self.handle.get_tensor(key)
+
+            def __iter__(self):
+                return iter(self.keys_)
+
+            def __len__(self):
+                return len(self.keys_)
+
+            def __contains__(self, key):
+                return key in self.keys_
+
+        try:
+            handle = safe_open(path, framework="pt")
+        except Exception as exc:  # not a readable safetensors file
+            raise ValidationError(f"`model` {path!r} could not be read as a .safetensors checkpoint: {exc}") from None
+        with handle as f:
+            checkpoint = _Lazy(f)
+            keys = list(checkpoint.keys_)
+            model_type = infer_diffusers_model_type(checkpoint)
     else:
         from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 
         checkpoint = load_single_file_checkpoint(path)
-    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
-
-    model_type = infer_diffusers_model_type(checkpoint)
+        model_type = infer_diffusers_model_type(checkpoint)
+        keys = list(checkpoint)
+    # diffusers answers "v1" for any file it does not recognise; a real SD checkpoint has a UNet
+    if model_type.startswith(("v1", "v2")) and not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise ValidationError(
+            f"`model` {path!r} is not a Stable Diffusion checkpoint of a known layout (no "
+            f"'model.diffusion_model.*' UNet tensors among its {len(keys)} tensors)"
+        )
     if model_type.startswith("xl") or model_type.startswith("playground"):
         name = "StableDiffusionXLImg2ImgPipeline"
     elif model_type.startswith(("v1", "v2")):
