@@ -27,6 +27,7 @@ _EXPORTS = {
     "SCHEDULERS": "loaders",
     "TINY_MODELS": "tiny",
     "tiny_model_path": "tiny",
+    "save_single_file": "checkpoints",
     # images
     "load_image": "images",
     "sample_image": "images",
