@@ -1,6 +1,7 @@
 """The `img2img-lab` command line: run sweeps and reports; bad input exits non-zero with one line.
 
     img2img-lab sweep SPEC.yaml [--model M] [--out DIR] [--set key=value ...]
+    img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set key=value ...] [--offline-html]
     img2img-lab demo [--out DIR]
     img2img-lab models
 """
@@ -139,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="run the demo on another model")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    from .report import add_report_command
+
+    add_report_command(sub)  # img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--offline-html]
 
     models = sub.add_parser("models", help="list the embedded tiny models")
     models.set_defaults(func=cmd_models)
