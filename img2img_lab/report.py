@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -374,6 +375,8 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     executed = out / "report.ipynb"
     # 2. execute (nbclient stores widget state in the metadata by default: store_widget_state=True)
+    quiet = _SpecKeysAreKnown()
+    logging.getLogger("papermill").addFilter(quiet)
     try:
         papermill.execute_notebook(
             str(path), str(executed), parameters=injected, kernel_name=kernel_name,
@@ -381,10 +384,23 @@ def report(
         )
     except PapermillExecutionError as exc:
         raise ReportError(exc.cell_index, exc.exec_count, exc.ename, exc.evalue, executed) from None
+    finally:
+        logging.getLogger("papermill").removeFilter(quiet)
     # 3. standalone HTML
     if html:
         export_report_html(executed, out / "report.html", offline=offline_html, js_dir=js_dir)
     return executed
+
+
+class _SpecKeysAreKnown(logging.Filter):
+    """Drop papermill's "Passed unknown parameter" warning for spec keys: the notebook takes them all."""
+
+    def filter(self, record) -> bool:
+        from .spec import known_keys
+
+        message = record.getMessage()
+        prefix = "Passed unknown parameter: "
+        return not (message.startswith(prefix) and message[len(prefix):] in known_keys())
 
 
 def export_report_html(notebook, html_path, *, offline: bool = False, js_dir=None) -> Path:
