@@ -11,9 +11,10 @@ $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
 
 setup: $(VENV)/.installed
 
-# The main job: a sweep report on the embedded tiny model, offline.
+# The main job: a sweep report on the embedded tiny model, offline
+# (executed notebook + standalone HTML + the sweep's table and images).
 demo: setup
-	$(VENV)/bin/img2img-lab demo --out $(OUT)
+	$(VENV)/bin/img2img-lab report img2img_lab/assets/demo.yaml --out $(OUT)
 
 browser:
 	bash scripts/install_browser.sh

@@ -41,6 +41,8 @@ _EXPORTS = {
     "plot_grid": "grid",
     "grid_image": "grid",
     "explore": "widgets",
+    "code_snippet": "widgets",
+    "export_html": "htmlexport",
     "add_metrics": "metrics",
     "plot_tradeoff": "plots",
     # the guide's other experiments
@@ -54,7 +56,8 @@ _EXPORTS = {
     "prepare_control_image": "control",
     "kandinsky_prior_path": "tiny",
     # reports
-    "report": "report",
+    "report": "reports",
+    "check_parameters": "reports",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
-    from .report import add_report_command
+    from .reports import add_report_command
 
     add_report_command(sub)  # img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--offline-html]
 

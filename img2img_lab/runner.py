@@ -193,6 +193,7 @@ def _prepare(spec, store: SweepStore) -> list[_Prepared]:
             "init_image_path": rel,
             "seed": int(cell.seed),
             "scheduler": cell.scheduler,
+            "compel": bool(cell.compel),
             **{k: v for k, v in cell.call.items() if k != "image"},
         }
         row["effective_steps"] = effective_steps(cell.call)

@@ -10,3 +10,7 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "Chromium is missing and this is not root: run 'sudo apt-get install chromium' (browser tests will be skipped)" >&2
   fi
 fi
+# the widget JavaScript for offline static HTML (npm registry), into the tests' cache
+if command -v npm >/dev/null 2>&1; then
+  bash scripts/fetch_widget_js.sh "${IMG2IMG_LAB_HOME:-$HOME/.cache/img2img_lab}/widget-js"
+fi

@@ -8,7 +8,7 @@ cell that installs the package in Colab and enables Colab's widget manager, exac
 tagged `parameters` (plain assignments with a short comment each), and right after it a cell
 that checks the parameters (`check_parameters`: an unknown `-p name` fails there). Notebooks are
 written without outputs. The package copies (`img2img_lab/notebooks/`) let an installed wheel run
-`img2img_lab.report`.
+`img2img_lab.reports`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ if "google.colab" in sys.modules:
 
 %matplotlib inline
 import img2img_lab as lab
-from img2img_lab.report import check_parameters, notebook_spec, report_axes'''
+from img2img_lab.reports import check_parameters, notebook_spec, report_axes'''
 
 KNOBS = '''offload = None  # experiment 9: "model" or "sequential" CPU offload (needs CUDA); None: all on the device
 attention = None  # experiment 9: "sdpa" (PyTorch 2's default) or "xformers"; None: diffusers' default

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import img2img_lab as lab
-import img2img_lab.report as rp
+import img2img_lab.reports as rp
 from img2img_lab.errors import ValidationError
 
 ROOT = Path(__file__).resolve().parent.parent

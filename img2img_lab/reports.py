@@ -24,7 +24,6 @@ import ast
 import difflib
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -458,14 +457,3 @@ def cmd_report(args) -> int:
         print(f"html:     {executed.with_suffix('.html')}")
     print(f"results:  {out / 'results.parquet'}")
     return 0
-
-
-# `import img2img_lab.report` (or `from img2img_lab.report import ...`, as the notebooks do) makes
-# Python set the package attribute `img2img_lab.report` to this module, hiding the public function
-# of the same name that `lab.report(...)` means. A callable module keeps both spellings working.
-class _CallableModule(sys.modules[__name__].__class__):
-    def __call__(self, *args, **kwargs):
-        return report(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
