@@ -430,11 +430,13 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
         # cells sharing a timestep grid next to each other, later starters together
         batchable.sort(key=lambda p: (calls[id(p)]["num_inference_steps"], calls[id(p)]["image"].size,
                                       -effective_steps(calls[id(p)])))
+        # a compiled denoiser must see one batch shape per sweep, or it recompiles
+        compiled = bool((getattr(pipe, "img2img_lab_info", None) or {}).get("options", {}).get("compile"))
         for i in range(0, len(batchable), max_batch_size):
             chunk = batchable[i : i + max_batch_size]  # written to disk before the next chunk runs
             outputs = engine.run_batched(
                 pipe, [{**calls[id(p)], "generator": _generator(p.cell.seed)} for p in chunk],
-                max_batch_size=max_batch_size,
+                max_batch_size=max_batch_size, static_shapes=compiled,
             )
             for p, out in zip(chunk, outputs):
                 if out.error is not None:
