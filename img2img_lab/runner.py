@@ -171,6 +171,19 @@ def _load_init_image(source, model):
     return load_image("astronaut")
 
 
+def _spec_on_disk(spec, prepared: list[_Prepared], store: SweepStore):
+    """The spec as spec.yaml can hold it: an in-memory init image (PIL, array) is replaced by the
+    path of its stored copy in inputs/, which has the same pixels and so the same cell keys."""
+    if all(isinstance(source, str) for source in spec.image):
+        return spec
+    stored = {}
+    for p in prepared:
+        if not isinstance(p.cell.image, str):
+            stored[id(p.cell.image)] = str((store.root / p.row["init_image_path"]).resolve())
+    images = [source if isinstance(source, str) else stored[id(source)] for source in spec.image]
+    return spec.replace(image=images if len(images) > 1 else images[0])
+
+
 def _prepare(spec, store: SweepStore) -> list[_Prepared]:
     """Expand the grid, load each distinct init image once, and give each cell its content key."""
     from .images import image_hash
@@ -179,11 +192,12 @@ def _prepare(spec, store: SweepStore) -> list[_Prepared]:
     prepared = []
     for cell in spec.cells():
         source = cell.image
-        if source not in images:
+        ref = source if isinstance(source, str) else id(source)  # PIL images are not hashable
+        if ref not in images:
             image = _load_init_image(source, cell.model)
             digest = image_hash(image)
-            images[source] = (image, digest, store.write_input(digest, image))
-        image, digest, rel = images[source]
+            images[ref] = (image, digest, store.write_input(digest, image))
+        image, digest, rel = images[ref]
         key = cell.key(digest)
         row = {
             "key": key,
@@ -257,7 +271,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
 
     # 4. run the rest, grouped by model and scheduler so each pipeline loads once
     if state.is_main_process:
-        store.write_spec(spec)
+        store.write_spec(_spec_on_disk(spec, prepared, store))
     groups = defaultdict(list)
     for p in mine:
         groups[(str(p.cell.model), p.cell.scheduler)].append(p)

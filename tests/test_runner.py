@@ -252,3 +252,18 @@ def test_controlnet_sweep_over_conditioning_scale(tmp_path):
     assert list(result.df["status"]) == ["ok", "ok"]
     assert list(result.df["controlnet_conditioning_scale"]) == [0.0, 1.0]
     assert not np.array_equal(np.asarray(result.image(0)), np.asarray(result.image(1)))
+
+
+def test_in_memory_init_images_are_stored_and_the_spec_points_at_them(tmp_path, pipe):
+    init = lab.load_image("cat", size=64)
+    spec = lab.SweepSpec.from_dict({**BASE, "image": init, "strength": 0.5, "guidance_scale": 1.0,
+                                    "negative_prompt": None})
+    result = lab.run_sweep(spec, tmp_path, pipe=pipe, progress=False)
+    assert list(result.df["status"]) == ["ok"]
+    reopened = lab.load_sweep(tmp_path)
+    (source,) = reopened.spec.image
+    assert source.endswith(f"inputs/{result.df['image_hash'].iloc[0]}.png")
+    # the stored spec reproduces the same cell: a re-run computes nothing new
+    again = lab.run_sweep(reopened.spec, tmp_path, pipe=pipe, progress=False)
+    assert list(again.df["key"]) == list(result.df["key"])
+    assert again.meta["runs"][-1]["computed"] == 0
