@@ -139,6 +139,10 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, help="batched path: most cells per batch")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each path; the fastest counts")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak, for the utilisation column")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time run_sweep (store included) and a re-run of the finished sweep")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run the sweep with a torch.compile-d UNet and count (re)compilations")
     args = parser.parse_args()
     config = CONFIGS[args.config]
     max_batch_size = args.max_batch_size or config["max_batch_size"]
@@ -183,6 +187,55 @@ def main() -> None:
     print(f"speed-up {plain_s / batched_s:.2f}x; max |batched - plain| {max(diffs, default=float('nan')):.2e} "
           f"(0-1 scale); batch sizes {sorted({o.batch_size for o in batched})}; "
           f"nan {sum(o.nan for o in batched)}/{len(calls)}; errors {errors or 0}")
+    if args.sweep or args.compile:
+        sweep_section(pipe, calls, max_batch_size, plain_s, args.compile)
+
+
+def sweep_spec(calls: list[dict], folder: Path):
+    """The benchmark grid as a SweepSpec (the init image saved once as a PNG)."""
+    from img2img_lab import SweepSpec
+
+    image_path = folder / "init.png"
+    calls[0]["image"].save(image_path)
+    return SweepSpec(model="bench/random-sd15", prompt=calls[0]["prompt"], image=str(image_path),
+                     strength=list(STRENGTHS), guidance_scale=list(GUIDANCE_SCALES),
+                     negative_prompt=list(NEGATIVE_PROMPTS), num_inference_steps=STEPS, seed=0)
+
+
+def sweep_section(pipe, calls, max_batch_size: int, plain_s: float, compile_unet: bool) -> None:
+    """run_sweep end to end (PNG + parquet writes included), its re-run, and torch.compile."""
+    from img2img_lab import run_sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        spec = sweep_spec(calls, tmp)
+        first, first_s = timed(lambda: run_sweep(spec, tmp / "a", pipe=pipe, progress=False,
+                                                 max_batch_size=max_batch_size))
+        _, again_s = timed(lambda: run_sweep(spec, tmp / "a", pipe=pipe, progress=False,
+                                             max_batch_size=max_batch_size))
+        print(f"run_sweep: first run {first_s:.2f}s ({plain_s / first_s:.2f}x the plain loop, store included), "
+              f"re-run of the finished sweep {again_s:.3f}s = {100 * again_s / first_s:.1f}% of the first "
+              f"(target < 5%); statuses {first.df['status'].value_counts().to_dict()}")
+        if not compile_unet:
+            return
+        from torch._dynamo.utils import counters
+
+        eager_unet = pipe.unet
+        pipe.unet = torch.compile(eager_unet, fullgraph=True)
+        pipe.img2img_lab_info = {"options": {"compile": True}}  # run_sweep pads batches to one shape
+        try:
+            _, compile_s = timed(lambda: run_sweep(spec, tmp / "c1", pipe=pipe, progress=False,
+                                                   max_batch_size=max_batch_size))
+            graphs = counters["stats"]["unique_graphs"]
+            _, compiled_s = timed(lambda: run_sweep(spec, tmp / "c2", pipe=pipe, progress=False,
+                                                    max_batch_size=max_batch_size))
+            new_graphs = counters["stats"]["unique_graphs"] - graphs
+            print(f"torch.compile: first sweep {compile_s:.2f}s (compiling {graphs} graph(s)), second sweep "
+                  f"{compiled_s:.2f}s with {new_graphs} new graph(s) (target 0: no recompiles inside a sweep); "
+                  f"{plain_s / compiled_s:.2f}x the plain eager loop")
+        finally:
+            pipe.unet = eager_unet
+            del pipe.img2img_lab_info
 
 
 if __name__ == "__main__":
