@@ -5,7 +5,8 @@ any moment leaves either the old file or the new one, never half of one. Each fi
 journalled as its own small row file (`rows/<key>.json`) the moment its PNG is in place; the
 parquet table is a consolidation of those rows, rebuilt under a file lock. Several processes can
 therefore write into one folder at once (distinct cells, or even the same cell) without losing or
-duplicating a row.
+duplicating a row. Temp files of a killed writer (`.<name>.<random>.tmp`) are never read as results;
+opening the folder for writing deletes those older than `STALE_TEMP_SECONDS`.
 
 Layout:
     results.parquet   the table (consolidated rows)
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +35,9 @@ TABLE = "results.parquet"
 META = "meta.json"
 SPEC = "spec.yaml"
 PNG_KEY = "img2img_lab"  # PNG text chunk holding the cell's parameters as JSON
+# A temp file (`.<name>.<random>.tmp`) this many seconds old was left by a writer that died: an atomic
+# write takes well under a second, and the margin keeps a live writer's file in a shared folder safe.
+STALE_TEMP_SECONDS = 600.0
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -116,6 +121,15 @@ def read_png_parameters(path) -> dict:
     return json.loads(text)
 
 
+def _identity(path: Path):
+    """What changes when a file is replaced (`os.replace` of a new temp file): None if absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class SweepStore:
     """Reads and writes one sweep folder.
 
@@ -134,8 +148,34 @@ class SweepStore:
                 probe.unlink()
             except OSError as exc:
                 raise ValidationError(f"`out_dir` {str(self.root)!r} is not writable: {exc.strerror or exc}") from None
+            self.remove_stale_temp_files()
         elif not self.root.is_dir():
             raise ValidationError(f"`out_dir` {str(self.root)!r} is not a sweep folder (it does not exist)")
+
+    def remove_stale_temp_files(self, older_than: float | None = None) -> list[Path]:
+        """Delete temp files a killed process left behind (never read as results; this frees the disk).
+
+        Only files older than `older_than` seconds (default `STALE_TEMP_SECONDS`) go, so the temp
+        file of another process writing into the same folder right now is left alone.
+        """
+        cutoff = time.time() - (STALE_TEMP_SECONDS if older_than is None else older_than)
+        removed = []
+        for folder in (self.root, self.root / "images", self.root / "inputs", self.root / "rows"):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                name = entry.name
+                if not ((name.startswith(".") and name.endswith(".tmp")) or name.startswith(".write-probe-")):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+                except OSError:
+                    continue  # removed meanwhile, or not ours to remove
+        return removed
 
     # -- files of one cell ---------------------------------------------------------------
 
@@ -180,13 +220,19 @@ class SweepStore:
     def read_table(self) -> pd.DataFrame:
         """The table: consolidated parquet plus any journalled rows not yet in it (newest wins)."""
         path = self.root / TABLE
-        frames = []
-        if path.exists():
-            try:
-                frames.append(pd.read_parquet(path))
-            except Exception as exc:
-                raise StoreError(f"{str(path)!r} could not be read: {exc}") from None
-        _, journal = self._journal()
+        for _ in range(20):
+            # Another process may fold the journal into the table between our two reads (new table
+            # written, then its journal files deleted): we would see neither. Read again then.
+            before = _identity(path)
+            frames = []
+            if before is not None:
+                try:
+                    frames.append(pd.read_parquet(path))
+                except Exception as exc:
+                    raise StoreError(f"{str(path)!r} could not be read: {exc}") from None
+            _, journal = self._journal()
+            if _identity(path) == before:
+                break
         if journal:
             frames.append(pd.DataFrame(journal))
         frames = [f for f in frames if not f.empty]
@@ -233,9 +279,19 @@ class SweepStore:
             return df
 
     def write_table(self, df: pd.DataFrame, metadata: dict | None = None) -> None:
-        """Replace the table (e.g. with metric columns added), under the folder's lock."""
+        """Replace the table (e.g. with metric columns added), under the folder's lock.
+
+        Rows on disk that `df` lacks are kept: another process folded them in after `df` was read.
+        """
         with self.lock():
-            atomic_write_parquet(df, self.root / TABLE, metadata)
+            path = self.root / TABLE
+            if path.exists() and "key" in df.columns:
+                current = pd.read_parquet(path)
+                if "key" in current.columns:
+                    newer = current[~current["key"].isin(df["key"])]
+                    if not newer.empty:
+                        df = pd.concat([df, newer], ignore_index=True)
+            atomic_write_parquet(df, path, metadata)
 
     # -- spec and metadata ---------------------------------------------------------------
 
