@@ -137,19 +137,6 @@ def make_fake_sweep(
     return SweepResult(df=df, out_dir=out_dir, spec=None, meta=meta)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2's reversible byte -> printable character map (the alphabet of CLIP's BPE).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def make_tiny_clip(path, *, seed: int = 0, image_size: int = 32, num_vision_layers: int = 3) -> Path:
     """Save a tiny random-weight CLIP (model + processor) to ``path`` and return the path.
 
@@ -158,7 +145,9 @@ def make_tiny_clip(path, *, seed: int = 0, image_size: int = 32, num_vision_laye
     Weights are seeded, so two builds with the same arguments are identical.
     """
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    from img2img_lab.tiny import _tokenizer
 
     try:  # transformers 5: the PIL processor needs no torchvision
         from transformers import CLIPImageProcessorPil as ImageProcessor
@@ -167,11 +156,8 @@ def make_tiny_clip(path, *, seed: int = 0, image_size: int = 32, num_vision_laye
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
+    tokenizer = _tokenizer()  # the tiny models' byte-level CLIP tokenizer (one token per byte)
+    vocab = tokenizer.get_vocab()
     image_processor = ImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
