@@ -384,7 +384,9 @@ def _run_batch(pipe, cells: list[_Cell], encoded: dict, pad_rows: int | None) ->
     order = [cell for cohort in cohorts for cell in cohort.cells]
     latents = torch.cat([cohort.latents for cohort in cohorts])
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    broken = [bool(not torch.isfinite(x).all() or (x <= -1).all()) for x in image]
+    # as runner.is_nan_image on the direct path: NaN anywhere, or all black after denormalising
+    broken = [bool(not torch.isfinite(x).all() or (x / 2 + 0.5).clamp(0, 1).max() <= 1 / 255) for x in image]
+    image = torch.nan_to_num(image, nan=-1.0)  # NaN -> black, as the direct path's nan_to_num(0)
     image, nsfw = pipe.run_safety_checker(image, device, dtype)
 
     results = {}
