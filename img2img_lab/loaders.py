@@ -373,6 +373,11 @@ def _load_component(value, cls_name: str, opts, what: str):
     import diffusers
 
     cls = getattr(diffusers, cls_name)
+    if value.startswith("tiny/"):  # an embedded tiny model, e.g. controlnet="tiny/controlnet-sd15"
+        resolve_model(value)  # an unknown tiny name is a clear error
+        from .tiny import tiny_model_path
+
+        value = str(tiny_model_path(value))
     kind, src = ("folder", value) if Path(value).expanduser().exists() else ("hub", value)
     if kind == "folder":
         _check_pickle(src, opts)

@@ -369,8 +369,9 @@ print(sweep.to_yaml())'''),
         ("md", "## Run or resume\n\nCells already in the folder are not recomputed."),
         ("code", '''result = lab.add_metrics(lab.run_sweep(sweep, folder), metrics)
 result.df[[*result.swept, "effective_steps", *metrics, "seconds", "status"]]'''),
-        ("md", "## Labelled grid"),
+        ("md", "## Labelled grid\n\nAlso saved as one labelled picture, `grid.png`, in the sweep folder."),
         ("code", '''axes = report_axes(result, x=x, y=y, z=z)
+lab.grid_image(result, **axes, title=sweep.name).save(result.out_dir / "grid.png")
 lab.plot_grid(result, **axes, title=sweep.name)'''),
         ("md", "## Trade-off plots\n\nEach metric against the grid's columns, one line per row value."),
         ("code", '''for metric in metrics:

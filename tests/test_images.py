@@ -88,3 +88,24 @@ def test_hash_depends_on_pixels_only():
     assert lab.image_hash(a) == lab.image_hash(b)
     b.putpixel((0, 0), (0, 0, 0))
     assert lab.image_hash(a) != lab.image_hash(b)
+
+
+def test_urls_load_through_diffusers_load_image(tmp_path):
+    """A real HTTP fetch, served from this machine (no outside network)."""
+    import functools
+    import http.server
+    import threading
+
+    lab.load_image("cat", size=40).save(tmp_path / "cat.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        image = lab.load_image(f"{base}/cat.png")
+        assert lab.image_hash(image) == lab.image_hash(lab.load_image(str(tmp_path / "cat.png")))
+        with pytest.raises(ValidationError, match=r"`image` URL could not be fetched"):
+            lab.load_image(f"{base}/missing.png")
+    finally:
+        server.shutdown()

@@ -220,3 +220,16 @@ def test_variant_auto_falls_back_with_a_note(tmp_path, sd15):
     with pytest.warns(UserWarning, match="has no 'fp16' variant"):
         pipe = _from_pretrained_with_variant(AutoPipelineForImage2Image.from_pretrained, str(folder), _fp16_opts())
     assert pipe.unet.dtype == torch.float16
+
+
+def test_controlnet_option_takes_a_tiny_model_name(init):
+    pipe = lab.load_pipeline("tiny/sd15", controlnet="tiny/controlnet-sd15")
+    assert type(pipe).__name__ == "StableDiffusionControlNetImg2ImgPipeline"
+    with pytest.raises(ValidationError, match="not an embedded tiny model"):
+        lab.load_pipeline("tiny/sd15", controlnet="tiny/controlnet-sd99")
+
+
+def test_remote_code_is_never_an_option():
+    for option in ("trust_remote_code", "custom_pipeline"):
+        with pytest.raises(ValidationError, match=f"unknown option `{option}`"):
+            lab.load_pipeline("tiny/sd15", **{option: True})

@@ -228,3 +228,13 @@ def test_bad_arguments(sweep, monkeypatch, kwargs, message):
         add_metrics(sweep, ["ssim", *metric_list] if metric_list else [], progress=False, **kwargs)
     assert computed == []
     assert (sweep.out_dir / "results.parquet").read_bytes() == before
+
+
+def test_metrics_persist_across_load_sweep(sweep):
+    import img2img_lab as lab
+
+    out = add_metrics(sweep, ["ssim", "mean_abs_change"], progress=False)
+    again = lab.load_sweep(sweep.out_dir)
+    assert {"ssim", "mean_abs_change"} <= set(again.metrics)
+    pd.testing.assert_series_equal(again.df["ssim"], out.df["ssim"].reset_index(drop=True), check_names=False)
+    assert again.meta["metrics"] == out.meta["metrics"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+from PIL import Image
 import pytest
 
 import img2img_lab as lab
@@ -127,8 +128,10 @@ def report_dir(tmp_path_factory):
 
 
 def test_report_writes_notebook_html_and_table(report_dir):
-    for name in ("report.ipynb", "report.html", "results.parquet", "spec.yaml"):
+    for name in ("report.ipynb", "report.html", "results.parquet", "spec.yaml", "grid.png"):
         assert (report_dir / name).is_file(), name
+    with Image.open(report_dir / "grid.png") as grid:
+        assert grid.width > 4 * 64  # four strengths side by side, plus labels and the init image
     df = pd.read_parquet(report_dir / "results.parquet")
     assert sorted(df["strength"]) == [0.4, 0.6, 0.8, 1.0]
     assert set(df["model"]) == {"tiny/sd15"} and set(df["status"]) == {"ok"}
