@@ -184,13 +184,31 @@ def _spec_on_disk(spec, prepared: list[_Prepared], store: SweepStore):
     return spec.replace(image=images if len(images) > 1 else images[0])
 
 
-def _prepare(spec, store: SweepStore) -> list[_Prepared]:
+def _run_dtype(spec, pipe) -> str:
+    """The dtype the cells will run in: the given pipeline's, or what `load_pipeline` resolves
+    (float16 on CUDA, float32 elsewhere). It is part of every content key, so a sweep resumed on
+    another kind of machine never mixes float16 and float32 images under one key."""
+    if pipe is not None:
+        from .loaders import denoiser_name
+
+        return str(getattr(pipe, denoiser_name(pipe)).dtype).replace("torch.", "")
+    from .loaders import resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(spec.options.get("dtype"), resolve_device(spec.options.get("device")))
+    return str(dtype).replace("torch.", "")
+
+
+def _prepare(spec, store: SweepStore, dtype: str) -> list[_Prepared]:
     """Expand the grid, load each distinct init image once, and give each cell its content key."""
+    import dataclasses
+
     from .images import image_hash
+    from .spec import _FrozenDict
 
     images: dict = {}
     prepared = []
     for cell in spec.cells():
+        cell = dataclasses.replace(cell, options=_FrozenDict({**cell.options, "dtype": dtype}))
         source = cell.image
         ref = source if isinstance(source, str) else id(source)  # PIL images are not hashable
         if ref not in images:
@@ -251,7 +269,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
     started = datetime.now(timezone.utc).isoformat()
 
     # 2. expand the grid into cells with content keys
-    prepared = _prepare(spec, store)
+    prepared = _prepare(spec, store, _run_dtype(spec, pipe))
 
     # 3. skip cells already finished in this folder; under `accelerate launch` each process takes
     #    its share of the rest (every process reads the table before any of them writes)

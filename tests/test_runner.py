@@ -267,3 +267,13 @@ def test_in_memory_init_images_are_stored_and_the_spec_points_at_them(tmp_path, 
     again = lab.run_sweep(reopened.spec, tmp_path, pipe=pipe, progress=False)
     assert list(again.df["key"]) == list(result.df["key"])
     assert again.meta["runs"][-1]["computed"] == 0
+
+
+def test_the_run_dtype_is_part_of_every_key(tmp_path, pipe):
+    spec = lab.SweepSpec.from_dict({**BASE, "strength": 0.5, "guidance_scale": 1.0, "negative_prompt": None})
+    default = lab.run_sweep(spec, tmp_path / "a", progress=False)
+    explicit = lab.run_sweep(spec.replace(dtype="float32"), tmp_path / "b", progress=False)
+    assert list(default.df["key"]) == list(explicit.df["key"])  # float32 is what CPU resolves to
+    bf16 = lab.load_pipeline("tiny/sd15", dtype="bfloat16")
+    other = lab.run_sweep(spec, tmp_path / "a", pipe=bf16, progress=False)  # same folder
+    assert len(other.df) == 2 and set(other.df["dtype"]) == {"float32", "bfloat16"}
