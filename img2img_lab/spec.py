@@ -25,7 +25,6 @@ the installed diffusers' source files with `ast` (no import), falling back to `i
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
 import functools
 import hashlib
@@ -952,23 +951,12 @@ class SweepSpec:
             >>> spec.replace(model="tiny/sd15", strength=[0.3, 0.5], eta=0.5).params["eta"]
             (0.5,)
         """
-        flat: dict[str, Any] = {k: getattr(self, k) for k in AXES}
-        flat.update({k: getattr(self, k) for k in SETTINGS})
-        params, options = dict(self.params), dict(self.options)
-        for key, value in changes.items():
-            if key == "params":
-                params = self._mapping("params", value)
-            elif key == "options":
-                options = self._mapping("options", value)
-            elif key in AXES or key in SETTINGS:
-                flat[key] = value
-            elif key in call_parameters():
-                params[key] = value
-            elif key in option_names():
-                options[key] = value
-            else:
-                raise ValidationError(_unknown_key_message(key, value))
-        return dataclasses.replace(self, **flat, params=params, options=options)
+        current: dict[str, Any] = {k: getattr(self, k) for k in (*AXES, *SETTINGS)}
+        if "params" not in changes:  # `params=` / `options=` replace the whole mapping
+            current.update(self.params)
+        if "options" not in changes:
+            current.update(self.options)
+        return type(self)(**_route({**current, **changes}))
 
 
 # --------------------------------------------------------------------------------------------
