@@ -23,6 +23,8 @@ def _spec_from_args(args):
     from .spec import SweepSpec, parse_set
 
     model = getattr(args, "model", None)
+    if model is not None and not model.strip():
+        raise ValidationError(f"`--model` must name a model (hub id, path or tiny/...), got {model!r}")
     spec = SweepSpec.from_yaml(args.spec, **({"model": model} if model else {}))
     changes = {}
     for item in getattr(args, "set", None) or []:
@@ -150,7 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"img2img-lab: {category.__name__}: {message}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    original, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # the message, not our source
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = original
+
+
+def _main(argv) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

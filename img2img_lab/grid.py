@@ -32,6 +32,10 @@ _NULL = "\x00<null>"  # stands for None/NaN when grouping cell values
 # rows, axes and cells (shared by plot_grid, grid_image, plots and the widget explorer)
 
 
+def _is_null_value(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def filter_rows(df: pd.DataFrame, where=None) -> pd.DataFrame:
     """Rows of ``df`` selected by ``where``.
 
@@ -198,7 +202,8 @@ def grid_layout(result, x: str, y: str, z: str | None = None, where=None, *, cal
                 f"{c}: {[format_value(v) for v in _axis_values(df[c])][:4]}" for c in varying
             )
             first = varying[0]
-            hint = f"pick one with `where={{{first!r}: {_axis_values(df[first])[0]!r}}}`"
+            value = _axis_values(df[first])[0]
+            hint = f"pick one with `where={{{first!r}: {None if _is_null_value(value) else value!r}}}`"
             if z is None:
                 hint += f" or make it a panel axis with `z={first!r}`"
             raise ValidationError(

@@ -316,7 +316,11 @@ def load_pipeline(model, **options):
 
 
 def clear_pipeline_cache() -> None:
-    """Forget every cached pipeline (frees their memory once no one else holds them)."""
+    """Forget every cached pipeline (frees their memory once no one else holds them).
+
+    Example:
+        >>> lab.clear_pipeline_cache()   # e.g. before loading a larger model in the same notebook
+    """
     _CACHE.clear()
     try:
         import gc
@@ -541,7 +545,13 @@ def _load_single_file(path: str, opts):
     cls = getattr(diffusers, _single_file_class(path, opts))
     kwargs = _dtype_kwarg(opts["dtype"])
     if opts["config"] is not None:
-        kwargs["config"] = opts["config"]
+        config = opts["config"]
+        if isinstance(config, str) and config.startswith("tiny/"):  # a tiny model's folder as config
+            from .tiny import tiny_model_path
+
+            resolve_model(config)
+            config = str(tiny_model_path(config))
+        kwargs["config"] = config
     if opts["controlnet"] is not None:
         cn = opts["controlnet"]
         kwargs["controlnet"] = [_load_component(c, "ControlNetModel", opts, "controlnet") for c in cn] \

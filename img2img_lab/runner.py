@@ -77,6 +77,20 @@ def _as_spec(spec):
     raise ValidationError(f"`spec` must be a SweepSpec, a YAML path or a dict, got {type(spec).__name__}")
 
 
+def _check_pipe_matches(pipe, spec) -> None:
+    """A passed-in pipeline must be the spec's model: rows are stored (and found again) under it."""
+    info = getattr(pipe, "img2img_lab_info", None) or {}
+    identity = info.get("model") or getattr(pipe, "name_or_path", None)
+    models = [str(m) for m in spec.model]
+    if len(models) > 1:
+        raise ValidationError(f"`pipe` serves one model but the spec sweeps `model` over {models}; omit `pipe`")
+    if identity and models[0] not in (str(identity), str(info.get("source"))):
+        raise ValidationError(
+            f"`pipe` was loaded from {str(identity)!r} but the spec's `model` is {models[0]!r}; its images "
+            f"would be stored as {models[0]!r}'s. Use spec.replace(model={str(identity)!r}) or omit `pipe`"
+        )
+
+
 def _model_label(model, pipe) -> str:
     if model is not None:
         return str(model)
@@ -265,6 +279,8 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
         from .loaders import validate_options
 
         validate_options(dict(spec.options))  # device/dtype/offload checks before any cell runs
+    else:
+        _check_pipe_matches(pipe, spec)
     store = SweepStore(out_dir)
     started = datetime.now(timezone.utc).isoformat()
 
@@ -305,7 +321,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
             base = _pipe_row(group_pipe, model if pipe is None else _model_label(model, pipe))
             no_strength = "strength" not in _explicit_parameters(group_pipe)
             with _quiet_progress(group_pipe), _scheduler(group_pipe, scheduler):
-                base["scheduler"] = type(group_pipe.scheduler).__name__ if scheduler is None else scheduler
+
                 for p, image, status, error, seconds, batch_size in _execute(
                     group_pipe, cells, batched=batched, max_batch_size=max_batch_size
                 ):

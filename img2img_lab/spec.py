@@ -915,9 +915,14 @@ class SweepSpec:
             raise ValidationError(f"`source` must be a path or YAML text, got {source!r}")
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        except yaml.constructor.ConstructorError as exc:
             first = " ".join(str(exc).split())[:300]
             raise ValidationError(f"spec YAML can't be read safely (no Python tags allowed): {first}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or " ".join(str(exc).split())[:200]
+            raise ValidationError(f"spec YAML is malformed{where}: {problem}") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):

@@ -40,11 +40,16 @@ PNG_KEY = "img2img_lab"  # PNG text chunk holding the cell's parameters as JSON
 STALE_TEMP_SECONDS = 600.0
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write(path: Path, write) -> None:
     """Call `write(tmp_path)` then move the temp file over `path` in one step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; sweep folders are shared (other users, machines)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

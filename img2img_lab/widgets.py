@@ -26,7 +26,7 @@ from .result import BOOKKEEPING_COLUMNS
 PREFERRED_AXES = ("strength", "guidance_scale")
 NO_AXIS = "(none)"  # y option for a one-row grid
 # Row columns that are not keywords of the pipeline call (they go to load_pipeline, load_image, the generator).
-_NOT_CALL = frozenset({"model", "image", "seed", "scheduler"})
+_NOT_CALL = frozenset({"model", "image", "seed", "scheduler", "compel"})
 _RANKED_ROWS = 10
 # DOM classes, for styling and for the browser tests.
 CSS = {

@@ -147,3 +147,8 @@ def test_sdxl_export_reads_back_with_diffusers_converters(name):
         big_g = "conditioner.embedders.0.model."
     assert f"{big_g}transformer.resblocks.0.attn.in_proj_weight" in state
     same(pipe.text_encoder_2, sfu.convert_open_clip_checkpoint(pipe.text_encoder_2, state, prefix=big_g))
+
+
+def test_config_and_controlnet_take_tiny_model_names(sd15_file):
+    pipe = lab.load_pipeline(str(sd15_file), config="tiny/sd15", controlnet="tiny/controlnet-sd15", cache=False)
+    assert type(pipe).__name__ == "StableDiffusionControlNetImg2ImgPipeline"

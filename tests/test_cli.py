@@ -76,3 +76,8 @@ def test_module_entry_point_and_no_traceback(tmp_path):
 def test_models_lists_the_tiny_models(capsys):
     assert main(["models"]) == 0
     assert "tiny/sd15" in capsys.readouterr().out
+
+
+def test_an_empty_model_override_is_an_error(spec_file, capsys):
+    assert main(["sweep", str(spec_file), "--model", "", "--quiet"]) == 2
+    assert "`--model` must name a model" in capsys.readouterr().err

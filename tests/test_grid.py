@@ -192,3 +192,10 @@ def test_grid_image_refuses_huge_grids_before_allocating(sweep, monkeypatch):
         grid_image(sweep, z="negative_prompt", cell_size=256, max_pixels=100_000)
     with pytest.raises(ValidationError, match="`cell_size`"):
         grid_image(sweep, z="negative_prompt", cell_size=4)
+
+
+def test_ambiguous_cell_hint_can_be_pasted(tmp_path):
+    result = make_fake_sweep(tmp_path / "s", negative_prompt=(None, "ugly"), error_cell=None)
+    with pytest.raises(ValidationError) as info:
+        plot_grid(result, x="strength", y="guidance_scale")
+    assert "where={'negative_prompt': None}" in str(info.value) and "z='negative_prompt'" in str(info.value)

@@ -277,3 +277,28 @@ def test_the_run_dtype_is_part_of_every_key(tmp_path, pipe):
     bf16 = lab.load_pipeline("tiny/sd15", dtype="bfloat16")
     other = lab.run_sweep(spec, tmp_path / "a", pipe=bf16, progress=False)  # same folder
     assert len(other.df) == 2 and set(other.df["dtype"]) == {"float32", "bfloat16"}
+
+
+def test_a_passed_pipeline_must_be_the_specs_model(tmp_path, pipe):
+    spec = lab.SweepSpec.from_dict({**BASE, "model": "stable-diffusion-v1-5/stable-diffusion-v1-5"})
+    with pytest.raises(ValidationError, match=r"`pipe` was loaded from 'tiny/sd15' but the spec's `model` is"):
+        lab.run_sweep(spec, tmp_path, pipe=pipe, progress=False)
+    with pytest.raises(ValidationError, match=r"`pipe` serves one model"):
+        lab.run_sweep(spec.replace(model=["tiny/sd15", "tiny/sdxl"]), tmp_path, pipe=pipe, progress=False)
+    assert not (tmp_path / "results.parquet").exists()
+
+
+def test_scheduler_column_holds_the_name_asked_for(swept):
+    assert swept.df["scheduler"].isna().all()  # the model's own scheduler
+    assert set(swept.df["scheduler_class"]) == {"PNDMScheduler"}
+
+
+def test_stored_files_are_readable_by_others(swept):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.parquet", "meta.json", "spec.yaml", swept.df["image_path"].iloc[0]):
+        mode = stat.S_IMODE(os.stat(swept.out_dir / name).st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))

@@ -409,7 +409,8 @@ def test_yaml_python_tags_are_refused_not_run(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("- a\n- b\n", "mapping"),
     ("", "`model` is required"),
-    ("model: [unclosed\n", "can't be read"),
+    ("model: [unclosed\n", r"spec YAML is malformed at line \d+"),
+    ("model: !!python/object/apply:os.system [\"true\"]\n", "no Python tags allowed"),
 ])
 def test_bad_yaml(text, message):
     with pytest.raises(ValidationError, match=message):

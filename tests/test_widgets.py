@@ -155,6 +155,7 @@ def test_snippet_reproduces_a_tiny_sd15_image_exactly(tmp_path):
     code = code_snippet(result, 1)
     assert "lab.load_image('astronaut', size=(64, 64))" in code  # sd15 has no height/width: resized
     assert "scheduler='euler'" in code and "strength=0.8," in code
+    assert "compel" not in code  # a spec setting, not an argument of the pipeline call
     namespace = {}
     exec(code, namespace)
     np.testing.assert_array_equal(np.asarray(namespace["image"]), np.asarray(result.image(1)))
