@@ -295,6 +295,19 @@ def option_names() -> tuple[str, ...]:
     return tuple(sorted(set(DEFAULT_OPTIONS) - {"scheduler"}))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice (YAML itself keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValidationError(f"spec YAML gives `{key}` twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 # Spec-level settings that are neither axes nor call keywords nor load options.
 SETTINGS = ("name", "compel")
 
@@ -914,7 +927,7 @@ class SweepSpec:
         if not isinstance(text, str):
             raise ValidationError(f"`source` must be a path or YAML text, got {source!r}")
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # safe: SafeLoader, duplicates refused
         except yaml.constructor.ConstructorError as exc:
             first = " ".join(str(exc).split())[:300]
             raise ValidationError(f"spec YAML can't be read safely (no Python tags allowed): {first}") from None

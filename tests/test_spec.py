@@ -410,6 +410,7 @@ def test_yaml_python_tags_are_refused_not_run(tmp_path):
     ("- a\n- b\n", "mapping"),
     ("", "`model` is required"),
     ("model: [unclosed\n", r"spec YAML is malformed at line \d+"),
+    ("model: a/b\nprompt: x\nimage: cat\nstrength: 0.3\nstrength: 0.5\n", r"gives `strength` twice \(line 5\)"),
     ("model: !!python/object/apply:os.system [\"true\"]\n", "no Python tags allowed"),
 ])
 def test_bad_yaml(text, message):
