@@ -214,15 +214,11 @@ def _run_dtype(spec, pipe) -> str:
 
 def _prepare(spec, store: SweepStore, dtype: str) -> list[_Prepared]:
     """Expand the grid, load each distinct init image once, and give each cell its content key."""
-    import dataclasses
-
     from .images import image_hash
-    from .spec import _FrozenDict
 
     images: dict = {}
     prepared = []
     for cell in spec.cells():
-        cell = dataclasses.replace(cell, options=_FrozenDict({**cell.options, "dtype": dtype}))
         source = cell.image
         ref = source if isinstance(source, str) else id(source)  # PIL images are not hashable
         if ref not in images:
@@ -230,7 +226,7 @@ def _prepare(spec, store: SweepStore, dtype: str) -> list[_Prepared]:
             digest = image_hash(image)
             images[ref] = (image, digest, store.write_input(digest, image))
         image, digest, rel = images[ref]
-        key = cell.key(digest)
+        key = cell.key(digest, dtype)
         row = {
             "key": key,
             "model": str(cell.model),

@@ -659,7 +659,7 @@ class Cell:
         return {"model": self.model, "image": self.image, "seed": self.seed, "scheduler": self.scheduler,
                 **_plain(dict(self.call))}
 
-    def key(self, image_hash: str) -> str:
+    def key(self, image_hash: str, dtype: str | None = None) -> str:
         """The content key: what names this cell's image file and finds it again on a re-run.
 
         The first 20 hex digits of the sha256 of a canonical JSON (sorted keys, floats as repr,
@@ -669,6 +669,8 @@ class Cell:
 
         Args:
             image_hash: the init image's content hash (`images.image_hash`).
+            dtype: the dtype the cell runs in ("float32", "float16", ...), when known: the runner
+                always passes it, so float16 and float32 images never share a key.
 
         Returns:
             A 20-character lowercase hex string.
@@ -686,7 +688,7 @@ class Cell:
             "seed": self.seed,
             "image": image_hash,
             "call": _plain(dict(self.call)),
-            "options": _plain(dict(self.options)),
+            "options": _plain({**self.options, **({"dtype": dtype} if dtype else {})}),
         }
         if self.compel:  # weighted prompts change pixels; absent when off so older keys stay valid
             payload["compel"] = True

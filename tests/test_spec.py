@@ -545,3 +545,11 @@ def test_known_keys():
     keys = known_keys()
     assert set(AXES) | {"name", "eta", "offload", "dtype"} <= set(keys)
     assert "generator" not in keys
+
+
+def test_key_with_the_run_dtype():
+    base = SweepSpec(model="tiny/sd15", prompt="a", image="cat")
+    (cell,) = base.cells()
+    (explicit,) = base.replace(dtype="fp32").cells()
+    assert cell.key("h", "float32") == explicit.key("h", "float32") == explicit.key("h")
+    assert cell.key("h", "float16") != cell.key("h", "float32")
