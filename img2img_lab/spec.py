@@ -34,7 +34,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Mapping
@@ -712,7 +712,7 @@ def _key_options(options: Mapping[str, Any]) -> _FrozenDict:
 # the spec
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class SweepSpec:
     """A sweep: a grid of image-to-image calls, validated when built, before any model loads.
 
@@ -734,7 +734,9 @@ class SweepSpec:
             denoising step: `int(num_inference_steps * strength) >= 1`.
         scheduler: a name from `SCHEDULER_NAMES`, or None (default) for the model's own.
         params: any other keyword of the pipeline call (see `call_parameters`), fixed or swept,
-            e.g. `{"eta": 0.0, "controlnet_conditioning_scale": [0.5, 1.0]}`.
+            e.g. `{"eta": 0.0, "controlnet_conditioning_scale": [0.5, 1.0]}`. They may also be
+            given flat, as in YAML: `SweepSpec(..., eta=0.0, offload="model")` routes call keywords
+            to `params` and load_pipeline options to `options`.
         options: `load_pipeline` options, not swept, e.g. `{"dtype": "float16", "offload": "model"}`.
         name: a title for reports.
         compel: weight prompts with compel (`"a (red)1.3 cat"`, `"cat++"`): prompts and negative
@@ -760,6 +762,18 @@ class SweepSpec:
     options: Mapping[str, Any] = field(default_factory=_FrozenDict)
     name: str | None = None
     compel: bool = False
+
+    def __init__(self, **keys):
+        # Flat keys, as in YAML: axes and settings are fields, any other pipeline call keyword goes
+        # to `params` and any load_pipeline option to `options` (unknown keys: one clear error).
+        routed = _route(keys)
+        for f in fields(self):
+            if f.name in routed:
+                value = routed[f.name]
+            else:
+                value = f.default_factory() if f.default is MISSING else f.default
+            object.__setattr__(self, f.name, value)
+        self.__post_init__()
 
     def __post_init__(self):
         # 1. axes

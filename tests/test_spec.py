@@ -553,3 +553,14 @@ def test_key_with_the_run_dtype():
     (explicit,) = base.replace(dtype="fp32").cells()
     assert cell.key("h", "float32") == explicit.key("h", "float32") == explicit.key("h")
     assert cell.key("h", "float16") != cell.key("h", "float32")
+
+
+def test_constructor_takes_flat_keys_like_yaml():
+    spec = SweepSpec(model="tiny/sd15", prompt="a", image="cat", height=64,
+                     controlnet_conditioning_scale=[0.5, 1.0], offload="model")
+    assert spec == SweepSpec.from_dict({"model": "tiny/sd15", "prompt": "a", "image": "cat", "height": 64,
+                                        "controlnet_conditioning_scale": [0.5, 1.0], "offload": "model"})
+    assert dict(spec.params) == {"controlnet_conditioning_scale": (0.5, 1.0), "height": (64,)}
+    assert dict(spec.options) == {"offload": "model"}
+    with pytest.raises(ValidationError, match=r"unknown spec key `strenght`=0.3 \(did you mean 'strength'\?\)"):
+        SweepSpec(model="tiny/sd15", prompt="a", image="cat", strenght=0.3)
