@@ -19,18 +19,35 @@ ROOT = Path(__file__).resolve().parent
 DEMO_SPEC = ROOT / "assets" / "demo.yaml"
 
 
-def _spec_from_args(args):
-    from .spec import SweepSpec, parse_set
+def add_spec_arguments(parser, what: str = "sweep folder") -> None:
+    """The arguments every spec-running command shares: SPEC, --model, --out, --set."""
+    parser.add_argument("spec", help="sweep spec (YAML)")
+    parser.add_argument("--model", help="override the spec's model (e.g. tiny/sd15 runs offline)")
+    parser.add_argument("--out", help=f"{what} (default runs/<spec name>)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a spec key, e.g. --set strength=[0.3,0.6] (repeatable)")
 
-    model = getattr(args, "model", None)
-    if model is not None and not model.strip():
-        raise ValidationError(f"`--model` must name a model (hub id, path or tiny/...), got {model!r}")
-    spec = SweepSpec.from_yaml(args.spec, **({"model": model} if model else {}))
-    changes = {}
-    for item in getattr(args, "set", None) or []:
-        key, value = parse_set(item)
-        changes[key] = value
-    return spec.replace(**changes) if changes else spec
+
+def spec_overrides(args) -> dict:
+    """Flat spec keys from --model and --set, each validated like a spec key."""
+    from .spec import parse_set
+
+    overrides = dict(parse_set(item) for item in args.set or [])
+    if args.model is not None:
+        if not args.model.strip():
+            raise ValidationError(f"`--model` must name a model (hub id, path or tiny/...), got {args.model!r}")
+        overrides["model"] = args.model
+    return overrides
+
+
+def out_dir(args) -> Path:
+    return Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+
+
+def _spec_from_args(args):
+    from .spec import SweepSpec
+
+    return SweepSpec.from_yaml(args.spec, **spec_overrides(args))
 
 
 def _summary(result, limit: int = 20) -> str:
@@ -86,7 +103,7 @@ def cmd_sweep(args) -> int:
             _spec_from_args(args)  # bad input fails here, once, before any process starts
             return _launch_with_accelerate(args.argv, args.num_processes)
     spec = _spec_from_args(args)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    out = out_dir(args)
     result = run_sweep(spec, out, progress=not args.quiet, batched=not args.no_batched,
                        max_batch_size=args.max_batch_size)
     if not _is_main_process():
@@ -125,11 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sweep = sub.add_parser("sweep", help="run, resume or extend a sweep spec")
-    sweep.add_argument("spec", help="sweep spec (YAML)")
-    sweep.add_argument("--model", help="override the spec's model (e.g. tiny/sd15 runs offline)")
-    sweep.add_argument("--out", help="sweep folder (default runs/<spec name>)")
-    sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a spec key, e.g. --set strength=[0.3,0.6] (repeatable)")
+    add_spec_arguments(sweep)
     sweep.add_argument("--no-batched", action="store_true", help="one pipeline call per cell")
     sweep.add_argument("--max-batch-size", type=int, default=8)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -8,7 +8,6 @@ options first, picks the right class, applies the speed/memory knobs, and caches
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import re

@@ -24,7 +24,7 @@ import ast
 import difflib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -432,11 +432,9 @@ def export_report_html(notebook, html_path, *, offline: bool = False, js_dir=Non
 def add_report_command(subparsers) -> None:
     """Add `img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--offline-html]`."""
     parser = subparsers.add_parser("report", help="run a sweep report notebook headless (ipynb + HTML)")
-    parser.add_argument("spec", help="sweep spec (YAML)")
-    parser.add_argument("--model", help="override the spec's model (e.g. tiny/sd15 runs offline)")
-    parser.add_argument("--out", help="report and sweep folder (default runs/<spec name>)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a spec key, e.g. --set strength=[0.3,0.6] (repeatable)")
+    from .cli import add_spec_arguments
+
+    add_spec_arguments(parser, "report and sweep folder")
     parser.add_argument("--notebook", default=DEFAULT_NOTEBOOK, help="report notebook (name or .ipynb path)")
     parser.add_argument("--offline-html", action="store_true", help="bundle the widget JavaScript into the HTML")
     parser.add_argument("--no-html", action="store_true", help="write only the executed notebook")
@@ -444,12 +442,10 @@ def add_report_command(subparsers) -> None:
 
 
 def cmd_report(args) -> int:
-    from .spec import parse_set
+    from .cli import out_dir, spec_overrides
 
-    overrides = dict(parse_set(item) for item in (args.set or []))
-    if args.model:
-        overrides["model"] = args.model
-    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    overrides = spec_overrides(args)
+    out = out_dir(args)
     executed = report(args.spec, out, notebook=args.notebook, html=not args.no_html,
                       offline_html=args.offline_html, **overrides)
     print(f"notebook: {executed}")

@@ -8,7 +8,6 @@ arguments and `torch.Generator("cpu").manual_seed(seed)` returns.
 
 from __future__ import annotations
 
-import math
 import platform
 import socket
 import time
@@ -20,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .errors import ValidationError
 from .result import SweepResult
@@ -89,13 +89,6 @@ def _check_pipe_matches(pipe, spec) -> None:
             f"`pipe` was loaded from {str(identity)!r} but the spec's `model` is {models[0]!r}; its images "
             f"would be stored as {models[0]!r}'s. Use spec.replace(model={str(identity)!r}) or omit `pipe`"
         )
-
-
-def _model_label(model, pipe) -> str:
-    if model is not None:
-        return str(model)
-    info = getattr(pipe, "img2img_lab_info", None) or {}
-    return str(info.get("model") or getattr(pipe, "name_or_path", None) or type(pipe).__name__)
 
 
 @contextmanager
@@ -314,7 +307,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
             from .loaders import load_pipeline
 
             group_pipe = pipe if pipe is not None else load_pipeline(model, **options)
-            base = _pipe_row(group_pipe, model if pipe is None else _model_label(model, pipe))
+            base = _pipe_row(group_pipe, model)  # a passed pipe was checked to be this model
             no_strength = "strength" not in _explicit_parameters(group_pipe)
             with _quiet_progress(group_pipe), _scheduler(group_pipe, scheduler):
 
@@ -428,22 +421,34 @@ def warn_long_prompts(pipe, cells: list[_Prepared]) -> None:
                 )
 
 
-def call_for(pipe, prepared: _Prepared) -> dict:
-    """The exact keyword arguments of this cell's pipeline call (without the generator)."""
+def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
+    """The exact keyword arguments of this cell's pipeline call (without the generator).
+
+    `shared` (one dict per group of cells) keeps each derived picture (a resized init image, a
+    loaded control image) once, so cells that share it share the very object: the batched engine
+    then preprocesses and VAE-encodes it once, and nothing is read from disk twice.
+    """
+    shared = {} if shared is None else shared
     accepted = _explicit_parameters(pipe)
     call = dict(prepared.cell.call)
     image = prepared.image
     if ("height" in call or "width" in call) and "height" not in accepted:
         # e.g. StableDiffusionImg2ImgPipeline sizes its output from the init image: resize it
-        width, height = call.pop("width", image.width), call.pop("height", image.height)
-        if (width, height) != image.size:
-            image = image.resize((int(width), int(height)), _lanczos())
+        size = (int(call.pop("width", image.width)), int(call.pop("height", image.height)))
+        if size != image.size:
+            key = ("init", prepared.image_hash, size)
+            if key not in shared:
+                shared[key] = image.resize(size, Image.Resampling.LANCZOS)
+            image = shared[key]
     if "strength" not in accepted:
         call.pop("strength", None)
     if call.get("control_image") is not None:
-        from .control import prepare_call
+        from .control import prepare_control_image
 
-        call = prepare_call(call, size=image.size)  # loaded, and sized like the init image
+        key = ("control", repr(call["control_image"]), image.size)
+        if key not in shared:  # loaded, and sized like the init image
+            shared[key] = prepare_control_image(call["control_image"], image.size)
+        call["control_image"] = shared[key]
     call["image"] = image
     if prepared.cell.compel:
         from .prompts import weighted_call
@@ -452,19 +457,14 @@ def call_for(pipe, prepared: _Prepared) -> dict:
     return call
 
 
-def _lanczos():
-    from PIL import Image
-
-    return Image.Resampling.LANCZOS
-
-
 def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int):
     """Yield (prepared, image, status, error, seconds, batch_size) per cell as each finishes."""
     import torch
 
     check_call_keys(pipe, cells)
     warn_long_prompts(pipe, cells)
-    calls = {id(p): call_for(pipe, p) for p in cells}
+    shared: dict = {}
+    calls = {id(p): call_for(pipe, p, shared) for p in cells}
     direct = cells
     if batched:
         from . import batched as engine

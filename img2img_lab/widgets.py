@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import io
-import math
 import numbers
 
 import ipywidgets as widgets

@@ -39,3 +39,18 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def session_tmp():
     return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def depth_model(tmp_path_factory):
+    """A tiny random GLPN depth model with its image processor, saved offline and loaded by path."""
+    import torch
+    from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
+
+    folder = tmp_path_factory.mktemp("tiny-depth")
+    config = GLPNConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
+                        num_attention_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=8)
+    torch.manual_seed(0)
+    GLPNForDepthEstimation(config).save_pretrained(folder)
+    GLPNImageProcessor().save_pretrained(folder)
+    return str(folder)

@@ -38,20 +38,6 @@ def cn_pipe(cn_path):
     return lab.load_pipeline("tiny/sd15", controlnet=cn_path)
 
 
-@pytest.fixture(scope="module")
-def depth_model(tmp_path_factory):
-    """A tiny random GLPN depth model with its image processor, saved offline and loaded by path."""
-    from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
-
-    folder = tmp_path_factory.mktemp("tiny-depth")
-    config = GLPNConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
-                        num_attention_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=8)
-    torch.manual_seed(0)
-    GLPNForDepthEstimation(config).save_pretrained(folder)
-    GLPNImageProcessor().save_pretrained(folder)
-    return str(folder)
-
-
 def _gen():
     return torch.Generator("cpu").manual_seed(0)
 

@@ -240,19 +240,6 @@ def test_7_prompt_weighting(init, direct_sd15):
 # 8. ControlNet img2img with a depth control image, then restyle ------------------------------
 
 
-@pytest.fixture(scope="module")
-def depth_model(tmp_path_factory):
-    from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
-
-    folder = tmp_path_factory.mktemp("tiny-depth")
-    config = GLPNConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
-                        num_attention_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=8)
-    torch.manual_seed(0)
-    GLPNForDepthEstimation(config).save_pretrained(folder)
-    GLPNImageProcessor().save_pretrained(folder)
-    return str(folder)
-
-
 def test_8_controlnet_depth_then_restyle(depth_model, direct_sd15):
     from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
     from diffusers.utils import make_image_grid

@@ -1,8 +1,6 @@
 """load_pipeline: tiny models through the real from_pretrained path, options, validation, safety."""
 
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest

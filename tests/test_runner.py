@@ -302,3 +302,14 @@ def test_stored_files_are_readable_by_others(swept):
     for name in ("results.parquet", "meta.json", "spec.yaml", swept.df["image_path"].iloc[0]):
         mode = stat.S_IMODE(os.stat(swept.out_dir / name).st_mode)
         assert mode == 0o666 & ~umask, (name, oct(mode))
+
+
+def test_cells_share_one_resized_init_image(tmp_path, pipe):
+    from img2img_lab.store import SweepStore
+
+    spec = lab.SweepSpec.from_dict(BASE)
+    prepared = runner._prepare(spec, SweepStore(tmp_path), "float32")
+    shared = {}
+    calls = [runner.call_for(pipe, p, shared) for p in prepared]
+    assert calls[0]["image"].size == (64, 64)
+    assert all(c["image"] is calls[0]["image"] for c in calls)  # preprocessed/encoded once when batched
