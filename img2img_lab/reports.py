@@ -20,6 +20,7 @@ installed wheel can run reports). `notebook_path` prefers the package copy.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import logging
@@ -329,7 +330,7 @@ def report(
     *,
     notebook: str = DEFAULT_NOTEBOOK,
     html: bool = True,
-    offline_html: bool = False,
+    offline_html: bool = True,
     js_dir=None,
     kernel_name: str | None = None,
     progress: bool = False,
@@ -343,8 +344,10 @@ def report(
             `images/` ... A second run resumes the sweep (finished cells are not recomputed).
         notebook: the notebook to run: a package notebook's name or an `.ipynb` path.
         html: also write `out_dir/report.html`.
-        offline_html: bundle the widget JavaScript with the HTML (a `report_files/` folder beside
-            it) instead of loading it from a CDN; see `img2img_lab.htmlexport`.
+        offline_html: (default) the HTML works from disk with no network: the widget JavaScript
+            goes into a `report_files/` folder beside it (fetched once from the npm registry if
+            missing) and nothing loads from a CDN; False: nbconvert's CDN-linked page. See
+            `img2img_lab.htmlexport`.
         js_dir: where the local widget JavaScript is (default `htmlexport.default_js_dir()`).
         kernel_name: Jupyter kernel to run in (default: the notebook's, `python3`).
         progress: show papermill's progress bar over cells.
@@ -371,6 +374,10 @@ def report(
     path = notebook_path(notebook)
     out = Path(out_dir).expanduser().resolve()
     injected = _report_parameters(spec_or_path, out, path, parameters)
+    if html and offline_html:
+        from .htmlexport import widget_js_dir
+
+        js_dir = widget_js_dir(js_dir)  # fetched now if missing: no failure after the sweep ran
     out.mkdir(parents=True, exist_ok=True)
     executed = out / "report.ipynb"
     # 2. execute (nbclient stores widget state in the metadata by default: store_widget_state=True)
@@ -402,27 +409,12 @@ class _SpecKeysAreKnown(logging.Filter):
         return not (message.startswith(prefix) and message[len(prefix):] in known_keys())
 
 
-def export_report_html(notebook, html_path, *, offline: bool = False, js_dir=None) -> Path:
-    """Write an executed notebook as standalone HTML whose widgets render from the stored state.
+def export_report_html(notebook, html_path, *, offline: bool = True, js_dir=None) -> Path:
+    """Write an executed notebook as standalone HTML whose widgets render from the stored state
+    (`img2img_lab.htmlexport.export_html`: offline by default, the widget JavaScript beside it)."""
+    from .htmlexport import export_html
 
-    Uses `img2img_lab.htmlexport.export_html` when present (it can bundle the widget JavaScript
-    for `offline=True`), else nbconvert's `HTMLExporter` (widget JavaScript from a CDN).
-    """
-    try:
-        from .htmlexport import export_html
-    except ImportError:
-        export_html = None
-    if export_html is not None:
-        export_html(notebook, html_path, offline=offline, js_dir=js_dir)
-        return Path(html_path)
-    if offline:
-        raise ValidationError("`offline_html`=True needs img2img_lab.htmlexport (widget JavaScript bundling)")
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(notebook), as_version=4))
-    Path(html_path).write_text(body, encoding="utf-8")
-    return Path(html_path)
+    return export_html(notebook, html_path, offline=offline, js_dir=js_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,13 +422,15 @@ def export_report_html(notebook, html_path, *, offline: bool = False, js_dir=Non
 
 
 def add_report_command(subparsers) -> None:
-    """Add `img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--offline-html]`."""
+    """Add `img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--cdn-html]`."""
     parser = subparsers.add_parser("report", help="run a sweep report notebook headless (ipynb + HTML)")
     from .cli import add_spec_arguments
 
     add_spec_arguments(parser, "report and sweep folder")
     parser.add_argument("--notebook", default=DEFAULT_NOTEBOOK, help="report notebook (name or .ipynb path)")
-    parser.add_argument("--offline-html", action="store_true", help="bundle the widget JavaScript into the HTML")
+    parser.add_argument("--cdn-html", action="store_true",
+                        help="link the HTML's scripts to CDNs instead of copying the widget JavaScript beside it")
+    parser.add_argument("--offline-html", action="store_true", help=argparse.SUPPRESS)  # the default now
     parser.add_argument("--no-html", action="store_true", help="write only the executed notebook")
     parser.set_defaults(func=cmd_report)
 
@@ -447,7 +441,7 @@ def cmd_report(args) -> int:
     overrides = spec_overrides(args)
     out = out_dir(args)
     executed = report(args.spec, out, notebook=args.notebook, html=not args.no_html,
-                      offline_html=args.offline_html, **overrides)
+                      offline_html=not args.cdn_html, **overrides)
     print(f"notebook: {executed}")
     if not args.no_html:
         print(f"html:     {executed.with_suffix('.html')}")

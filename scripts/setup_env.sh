@@ -18,4 +18,7 @@ if ! "$py" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$py" -m pip install -q -e ".[test]"
+# the widget JavaScript that offline HTML reports link beside them (npm registry, sha512-pinned, once)
+"$py" -m img2img_lab.htmlexport --fetch ||
+  echo "could not fetch the widget JavaScript: reports will try again, or use --cdn-html" >&2
 "$py" -c "import torch, diffusers; print(f'torch {torch.__version__} (cuda: {torch.cuda.is_available()}), diffusers {diffusers.__version__}')"

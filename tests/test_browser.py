@@ -94,14 +94,14 @@ def page(browser):
 
 @pytest.fixture(scope="session")
 def widget_js():
-    """The widget JavaScript from the npm registry (scripts/fetch_widget_js.sh), cached across sessions."""
-    from img2img_lab.htmlexport import EMBED_JS, default_js_dir
+    """The widget JavaScript from the npm registry (htmlexport.fetch_widget_js), cached across sessions."""
+    from img2img_lab.errors import ValidationError
+    from img2img_lab.htmlexport import fetch_widget_js
 
-    js_dir = default_js_dir()
-    if not (js_dir / EMBED_JS).exists() and shutil.which("npm") is None:
-        _unavailable(f"no widget JavaScript in {js_dir} and no npm to fetch it")
-    subprocess.run(["bash", str(ROOT / "scripts" / "fetch_widget_js.sh"), str(js_dir)], check=True, timeout=300)
-    return js_dir
+    try:
+        return fetch_widget_js()
+    except ValidationError as exc:
+        _unavailable(f"no widget JavaScript: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -228,9 +228,9 @@ def test_static_html_export_renders_widgets_offline(page, workdir, widget_js):
     nbformat.write(nb, executed)
     assert has_widget_state(executed)
 
-    # 2. export with the widget JavaScript beside the page, then open it from disk
+    # 2. export (offline is the default: the widget JavaScript beside the page), open it from disk
     out = workdir / "html" / "explore.html"
-    export_html(executed, out, offline=True, js_dir=widget_js)
+    export_html(executed, out, js_dir=widget_js)
     assert (out.parent / "explore_files" / "embed-amd.js").exists()
     assert "explore_files/embed-amd.js" in out.read_text()
     page.goto(out.as_uri(), timeout=60_000)
@@ -242,4 +242,6 @@ def test_static_html_export_renders_widgets_offline(page, workdir, widget_js):
     assert "strength" in options
     assert XSS_TEXT in page.locator(".img2img-lab-params").first.inner_text()
     assert page.evaluate("window.__xss") is None
-    assert not [u for u in page.blocked if "embed-amd" in u or "require" in u]
+    # 4. nothing was even asked of the network (no widget manager, require.js, MathJax or fonts)
+    assert page.blocked == [], page.blocked
+    assert not page.errors, page.errors
