@@ -159,23 +159,34 @@ def _pipe_row(pipe, model_label: str) -> dict:
 
 
 def _load_init_image(source, model):
-    """Load an init image; a tiny smoke model may run offline on a stand-in for an unreachable URL."""
+    """Load an init image; a tiny smoke model may run offline on a stand-in for an unreachable URL.
+
+    Returns (image, what was loaded): `source` itself, or the sample's name "astronaut" when it
+    stood in for the URL (the row records that name, so its snippet loads the very same picture).
+    """
+    import inspect
+
     from .images import load_image
 
     try:
-        return load_image(source)
+        return load_image(source), source
     except ValidationError:
         offline_url = isinstance(source, str) and source.startswith(("http://", "https://"))
         if not (offline_url and str(model).startswith("tiny/")):
             raise
+    # point the warning at the user's line (run_sweep, sweep_chain, the CLI...), not at ours
+    package, level, frame = str(Path(__file__).resolve().parent), 1, inspect.currentframe()
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    del frame
     warnings.warn(
         f"`image` {source!r} could not be fetched (offline?); the random-weight model {model!r} runs on "
-        f"the offline sample 'astronaut' instead. The row records the picture actually used "
-        f"(`image_hash`, `init_image_path`); real models never substitute an image.",
+        f"the offline sample 'astronaut' instead. Its rows record `image='astronaut'` (the URL in "
+        f"`image_requested`); real models never substitute an image.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=level,
     )
-    return load_image("astronaut")
+    return load_image("astronaut"), "astronaut"
 
 
 def _spec_on_disk(spec, prepared: list[_Prepared], store: SweepStore):
@@ -214,16 +225,18 @@ def _prepare(spec, store: SweepStore, dtype: str) -> list[_Prepared]:
     for cell in spec.cells():
         source = cell.image
         ref = source if isinstance(source, str) else id(source)  # PIL images are not hashable
-        if ref not in images:
-            image = _load_init_image(source, cell.model)
+        if ref not in images:  # once per distinct source: one load, one substitution notice
+            image, loaded = _load_init_image(source, cell.model)
             digest = image_hash(image)
-            images[ref] = (image, digest, store.write_input(digest, image))
-        image, digest, rel = images[ref]
+            images[ref] = (image, digest, store.write_input(digest, image), loaded)
+        image, digest, rel, loaded = images[ref]
         key = cell.key(digest, dtype)
         row = {
             "key": key,
             "model": str(cell.model),
-            "image": str(source) if not hasattr(source, "size") else f"<{type(source).__name__}>",
+            # what was actually loaded; a stand-in for an unreachable URL keeps the URL beside it
+            "image": str(loaded) if not hasattr(loaded, "size") else f"<{type(loaded).__name__}>",
+            **({"image_requested": str(source)} if loaded is not source else {}),
             "image_hash": digest,
             "init_image_path": rel,
             "seed": int(cell.seed),

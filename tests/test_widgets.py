@@ -183,3 +183,34 @@ def test_axis_swaps_and_one_row(fake):
     assert ex.y == "strength" and ex.x not in (None, "strength")
     ex.x_axis.value = "strength"  # back: y takes x's old column
     assert ex.x == "strength" and ex.y not in (None, "strength")
+
+
+def test_snippet_loads_the_offline_stand_in_not_the_unreachable_url(tmp_path):
+    import socket
+    import warnings
+
+    import img2img_lab as lab
+
+    with socket.socket() as s:  # a port nobody listens on: the URL is unreachable (HF_HUB_OFFLINE too)
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/x.png"
+    spec = lab.SweepSpec(model="tiny/sd15", prompt="a cat", image=url, strength=[0.5, 0.8],
+                         guidance_scale=5.0, num_inference_steps=3, params={"height": 64, "width": 64})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = lab.run_sweep(spec, tmp_path / "sweep", progress=False, batched=False)
+    notices = [w for w in caught if "could not be fetched" in str(w.message)]
+    assert len(notices) == 1  # once per sweep and source, not once per cell
+    assert notices[0].filename == __file__  # the user's call, not the package's own lines
+    # the row names what was loaded; the URL asked for is kept beside it (bookkeeping, not a parameter)
+    assert list(result.df["image"]) == ["astronaut", "astronaut"]
+    assert list(result.df["image_requested"]) == [url, url]
+    assert "image_requested" not in result.swept and "image_requested" not in result.parameters
+    code = code_snippet(result, 0)
+    assert url not in code and "lab.load_image('astronaut', size=(64, 64))" in code
+    namespace = {}
+    exec(code, namespace)
+    np.testing.assert_array_equal(np.asarray(namespace["image"]), np.asarray(result.image(0)))
+    # a reachable source is recorded as given, with no `image_requested` column
+    plain = lab.run_sweep(spec.replace(image="astronaut"), tmp_path / "plain", progress=False, batched=False)
+    assert "image_requested" not in plain.df.columns and list(plain.df["key"]) == list(result.df["key"])
