@@ -73,7 +73,9 @@ def depth_estimator(model: str, device=None):
     Example:
         >>> estimator = depth_estimator("Intel/dpt-hybrid-midas")
     """
-    from .loaders import resolve_device
+    from pathlib import Path
+
+    from .loaders import hub_access, resolve_device
 
     if not isinstance(model, str) or not model:
         raise ValidationError(f"`model` must be a depth-estimation model id or folder, got {model!r}")
@@ -82,8 +84,9 @@ def depth_estimator(model: str, device=None):
     if key not in _ESTIMATORS:
         from transformers import pipeline
 
+        hub = {} if Path(model).expanduser().exists() else hub_access(model, "model", filename="config.json")
         try:
-            _ESTIMATORS[key] = pipeline("depth-estimation", model=model, device=device)
+            _ESTIMATORS[key] = pipeline("depth-estimation", model=model, device=device, **hub)
         except (OSError, ValueError, KeyError) as exc:
             raise ValidationError(
                 f"`model` {model!r} could not be loaded as a depth-estimation model: {str(exc).splitlines()[0][:300]}"

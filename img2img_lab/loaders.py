@@ -315,12 +315,14 @@ def load_pipeline(model, **options):
 
 
 def clear_pipeline_cache() -> None:
-    """Forget every cached pipeline (frees their memory once no one else holds them).
+    """Forget every cached pipeline (frees their memory once no one else holds them), and the
+    answer of the hub reachability probe (see `hub_unreachable_reason`).
 
     Example:
         >>> lab.clear_pipeline_cache()   # e.g. before loading a larger model in the same notebook
     """
     _CACHE.clear()
+    _HUB_PROBES.clear()
     try:
         import gc
 
@@ -333,11 +335,81 @@ def clear_pipeline_cache() -> None:
         pass
 
 
-def _read_model_index(source: str, opts) -> dict:
+# --------------------------------------------------------------------------------------------
+# the hub: probed once, so an unreachable hub costs one short connection attempt, not retries
+
+HUB_PROBE_TIMEOUT = 3.0  # seconds for the one reachability probe of the hub endpoint
+_HUB_PROBES: dict = {}  # endpoint -> None (reachable) or the reason it is not, once per process
+
+
+def _offline_mode() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face Hub can't be used now, or None when it answers.
+
+    `HF_HUB_OFFLINE=1` means offline without asking. Otherwise the endpoint (`HF_ENDPOINT`) is
+    probed once per process with one HEAD request of `HUB_PROBE_TIMEOUT` seconds and no retries
+    (huggingface_hub's own calls retry a failed connection for about 30 s);
+    `clear_pipeline_cache()` forgets the answer.
+    """
+    if _offline_mode():
+        return "HF_HUB_OFFLINE=1 is set"
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _HUB_PROBES:
+        try:
+            get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT)  # any HTTP answer: reachable
+            _HUB_PROBES[endpoint] = None
+        except Exception as exc:  # noqa: BLE001 - DNS, refused, reset, timeout, proxy: all "unreachable"
+            first = (str(exc).splitlines() or [""])[0][:160]
+            _HUB_PROBES[endpoint] = f"the hub {endpoint} can't be reached ({type(exc).__name__}: {first})"
+    return _HUB_PROBES[endpoint]
+
+
+def hub_access(repo_id: str, what: str, *, filename: str, revision=None, tiny: str | None = None) -> dict:
+    """The one gate of every hub-id load (pipelines, ControlNet, VAE, Kandinsky prior, depth model).
+
+    Returns the extra `from_pretrained` keywords: `{}` when the hub answers, `local_files_only=True`
+    when it can't be used but `repo_id` is in the local Hugging Face cache. Otherwise raises at
+    once, in one line naming the id and how to work offline.
+
+    Args:
+        repo_id: the hub id, e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5".
+        what: the argument it came from ("model", "controlnet", "vae", "prior", ...).
+        filename: a file every snapshot of such a repo has ("model_index.json", "config.json").
+        revision: the revision asked for (None: main).
+        tiny: an embedded tiny model to suggest instead, e.g. "tiny/sd15".
+
+    Example:
+        >>> pipe = DiffusionPipeline.from_pretrained(repo, **hub_access(repo, "model", filename="model_index.json"))
+    """
+    reason = hub_unreachable_reason()
+    if reason is None:
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str):
+        return {"local_files_only": True}
+    instead = f"a local folder or an embedded tiny model such as {tiny!r}" if tiny else "a local folder"
+    todo = ("unset HF_HUB_OFFLINE to download it, or use " if reason.startswith("HF_HUB_OFFLINE")
+            else "to work offline set HF_HUB_OFFLINE=1 and use ")
+    raise ValidationError(
+        f"`{what}` {repo_id!r} could not be found: it is not in the local Hugging Face cache and {reason}; "
+        f"{todo}{instead}"
+    )
+
+
+def _read_model_index(source: str, opts, hub: dict) -> dict:
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.load_config(source, revision=opts["revision"])
+        return DiffusionPipeline.load_config(source, revision=opts["revision"], **hub)
     except Exception as exc:
         raise ValidationError(
             f"`model` {source!r} could not be found: it is not a local folder and the hub could not "
@@ -382,9 +454,12 @@ def _load_component(value, cls_name: str, opts, what: str):
 
         value = str(tiny_model_path(value))
     kind, src = ("folder", value) if Path(value).expanduser().exists() else ("hub", value)
+    kwargs = _dtype_kwarg(opts["dtype"])
     if kind == "folder":
         _check_pickle(src, opts)
-    kwargs = _dtype_kwarg(opts["dtype"])
+    else:
+        tiny = "tiny/controlnet-sd15" if what == "controlnet" else None
+        kwargs.update(hub_access(src, what, filename="config.json", tiny=tiny))
     if opts["use_safetensors"] and not opts["allow_pickle"]:
         kwargs["use_safetensors"] = True
     try:
@@ -399,6 +474,8 @@ def _prior_components(prior, opts) -> dict:
     kwargs = _dtype_kwarg(opts["dtype"])
     if opts["use_safetensors"] and not opts["allow_pickle"]:
         kwargs["use_safetensors"] = True
+    if isinstance(prior, str) and not Path(prior).expanduser().exists():
+        kwargs.update(hub_access(prior, "prior", filename="model_index.json"))
     try:
         prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -434,7 +511,10 @@ def _load_pretrained(source: str, opts, tiny: str | None = None):
 
     if Path(source).is_dir():
         _check_pickle(source, opts)
-    index = _read_model_index(source, opts)
+        hub = {}
+    else:
+        hub = hub_access(source, "model", filename="model_index.json", revision=opts["revision"], tiny="tiny/sd15")
+    index = _read_model_index(source, opts, hub)
     class_name = index.get("_class_name", "")
     extra = {}
     if opts["controlnet"] is not None:
@@ -465,7 +545,7 @@ def _load_pretrained(source: str, opts, tiny: str | None = None):
             loader = getattr(diffusers, class_name).from_pretrained
         else:
             loader = AutoPipelineForImage2Image.from_pretrained
-        pipe = _from_pretrained_with_variant(loader, source, opts, **extra)
+        pipe = _from_pretrained_with_variant(loader, source, opts, **hub, **extra)
     except ValidationError:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -550,7 +630,11 @@ def _load_single_file(path: str, opts):
 
             resolve_model(config)
             config = str(tiny_model_path(config))
+        if isinstance(config, str) and not Path(config).expanduser().exists():
+            kwargs.update(hub_access(config, "config", filename="model_index.json", tiny="tiny/sd15"))
         kwargs["config"] = config
+    elif hub_unreachable_reason() is not None:
+        kwargs["local_files_only"] = True  # diffusers' default config repo: from the cache or a quick error
     if opts["controlnet"] is not None:
         cn = opts["controlnet"]
         kwargs["controlnet"] = [_load_component(c, "ControlNetModel", opts, "controlnet") for c in cn] \

@@ -1,6 +1,7 @@
 """load_pipeline: tiny models through the real from_pretrained path, options, validation, safety."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,171 @@ def test_remote_code_is_never_an_option():
     for option in ("trust_remote_code", "custom_pipeline"):
         with pytest.raises(ValidationError, match=f"unknown option `{option}`"):
             lab.load_pipeline("tiny/sd15", **{option: True})
+
+
+# --------------------------------------------------------------------------------------------
+# an unreachable or offline hub: one probe, no retries, one clear line
+
+
+def _cache_as_hub_repo(folder, repo_id: str, cache_dir) -> None:
+    """Put a diffusers folder into a Hugging Face cache as if `repo_id` had been downloaded."""
+    import shutil
+
+    commit = "0" * 40
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit, dirs_exist_ok=True)
+
+
+class _CountingServer:
+    """A TCP server that counts the connections it accepts and closes each one at once."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+_UNREACHABLE_SCRIPT = r"""
+import json, socket
+import img2img_lab as lab
+from img2img_lab.control import depth_estimator
+from img2img_lab.errors import ValidationError
+
+attempts = []
+original = socket.socket.connect
+socket.socket.connect = lambda self, address: attempts.append(address) or original(self, address)
+out, counts = {}, {}
+for name, call in [
+    ("model", lambda: lab.load_pipeline("some-org/not-a-real-model")),
+    ("controlnet", lambda: lab.load_pipeline("tiny/sd15", controlnet="some-org/no-controlnet")),
+    ("vae", lambda: lab.load_pipeline("tiny/sd15", vae="some-org/no-vae")),
+    ("prior", lambda: lab.load_pipeline("tiny/kandinsky22", prior="some-org/no-prior")),
+    ("depth", lambda: depth_estimator("some-org/no-depth-model")),
+]:
+    before = len(attempts)
+    try:
+        call()
+        out[name] = "loaded"
+    except ValidationError as exc:
+        out[name] = str(exc)
+    counts[name] = len(attempts) - before
+before = len(attempts)
+out["cached"] = type(lab.load_pipeline("tiny-org/cached-sd15")).__name__
+counts["cached"] = len(attempts) - before
+print("RESULT " + json.dumps({"out": out, "counts": counts}))
+"""
+
+
+def test_unreachable_hub_is_probed_once_without_retries(tmp_path):
+    """Every hub-id load path fails at once: one accepted connection in all, not ~6 retries each."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    hf_home = tmp_path / "hf"
+    _cache_as_hub_repo(lab.tiny_model_path("tiny/sd15"), "tiny-org/cached-sd15", hf_home / "hub")
+    server = _CountingServer()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
+        env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.port}", HF_HOME=str(hf_home), OMP_NUM_THREADS="1")
+        proc = subprocess.run([sys.executable, "-c", _UNREACHABLE_SCRIPT], env=env, capture_output=True,
+                              text=True, timeout=600)
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    counts, result = result["counts"], result["out"]
+    # the one probe, then nothing: diffusers/transformers are never sent to the unreachable hub
+    assert {name: counts[name] for name in ("model", "controlnet", "vae", "prior", "depth")} == {
+        "model": 1, "controlnet": 0, "vae": 0, "prior": 0, "depth": 0}
+    # a cached id loads with local_files_only=True; huggingface_hub itself may try once to fetch its
+    # user-agent registry (one attempt, cached per process), never a retry loop
+    assert counts["cached"] <= 1
+    assert server.accepted == sum(counts.values())
+    ids = {"model": "some-org/not-a-real-model", "controlnet": "some-org/no-controlnet", "vae": "some-org/no-vae",
+           "prior": "some-org/no-prior", "depth": "some-org/no-depth-model"}
+    for name, repo_id in ids.items():
+        message = result[name]
+        assert repr(repo_id) in message and "\n" not in message
+        assert "can't be reached" in message and f"127.0.0.1:{server.port}" in message
+        assert "HF_HUB_OFFLINE=1" in message and "local folder" in message
+    assert "tiny/sd15" in result["model"] and "tiny/controlnet-sd15" in result["controlnet"]
+    assert result["cached"] == "StableDiffusionImg2ImgPipeline"  # cached hub ids still load
+
+
+@pytest.fixture
+def count_connections(monkeypatch):
+    """Counts every outgoing socket connection attempt of this process."""
+    import socket
+
+    attempts = []
+    original = socket.socket.connect
+
+    def connect(self, address):
+        attempts.append(address)
+        return original(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda self, address: attempts.append(address) or 1)
+    return attempts
+
+
+@pytest.mark.parametrize(
+    "options,what,repo_id",
+    [
+        ({}, "model", "nobody-here/no-such-model"),
+        ({"controlnet": "nobody-here/no-controlnet"}, "controlnet", "nobody-here/no-controlnet"),
+        ({"vae": "nobody-here/no-vae"}, "vae", "nobody-here/no-vae"),
+    ],
+)
+def test_offline_hub_id_not_in_the_cache_fails_at_once(options, what, repo_id, count_connections):
+    model = options and "tiny/sd15" or repo_id
+    with pytest.raises(ValidationError) as info:
+        lab.load_pipeline(model, cache=False, **options)
+    message = str(info.value)
+    assert message.startswith(f"`{what}` {repo_id!r} could not be found")
+    assert "HF_HUB_OFFLINE" in message and "local folder" in message and "\n" not in message
+    assert count_connections == []
+
+
+def test_offline_prior_and_depth_model_not_in_the_cache_fail_at_once(count_connections):
+    from img2img_lab.control import depth_estimator
+
+    with pytest.raises(ValidationError, match=r"^`prior` 'nobody-here/no-prior' could not be found.*HF_HUB_OFFLINE"):
+        lab.load_pipeline("tiny/kandinsky22", prior="nobody-here/no-prior", cache=False)
+    with pytest.raises(ValidationError, match=r"^`model` 'nobody-here/no-depth' could not be found.*local folder"):
+        depth_estimator("nobody-here/no-depth")
+    assert count_connections == []
+
+
+def test_offline_cached_hub_id_loads_from_the_cache(count_connections, sd15, init):
+    from huggingface_hub import constants
+
+    _cache_as_hub_repo(lab.tiny_model_path("tiny/sd15"), "tiny-org/offline-sd15", Path(constants.HF_HUB_CACHE))
+    pipe = lab.load_pipeline("tiny-org/offline-sd15", cache=False)
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
+    kwargs = dict(prompt="a cat", image=init, strength=0.5, num_inference_steps=2)
+    ours = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images[0]
+    direct = sd15(**kwargs, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(np.asarray(ours), np.asarray(direct))
+    assert count_connections == []
