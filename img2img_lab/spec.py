@@ -567,7 +567,45 @@ def _normalise_param(key, value) -> tuple:
         values = _texts(key, value, allow_none=True)
     else:
         values = _items(key, value)
+    if key == "clip_skip" and any(v is not None for v in values):
+        _check_clip_skip(values)
     return _unique(key, [_freeze(key, v) for v in values])
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_skip_broken() -> str | None:
+    """Why `clip_skip` fails with the installed libraries, or None when it works.
+
+    diffusers' SD 1.x/2.x `encode_prompt` applies `text_encoder.text_model.final_layer_norm` to
+    the skipped layer's output; a transformers whose `CLIPTextModel` has no `text_model` makes
+    every such call fail. A feature check, not a version list, so `clip_skip` works again as
+    soon as either side changes. (Imports torch and transformers, only when `clip_skip` is set.)
+    """
+    import importlib.metadata as md
+    import inspect
+
+    import torch
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import StableDiffusionImg2ImgPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if ".text_model." not in inspect.getsource(StableDiffusionImg2ImgPipeline.encode_prompt):
+        return None
+    with torch.device("meta"):  # structure only, no weights
+        encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=8, num_attention_heads=1,
+                                               num_hidden_layers=1, vocab_size=8, max_position_embeddings=8))
+    if hasattr(encoder, "text_model"):
+        return None
+    return (f"the installed transformers {md.version('transformers')} and diffusers {md.version('diffusers')} "
+            f"don't work together with it: diffusers' pipelines read `text_encoder.text_model`, which this "
+            f"transformers' CLIPTextModel no longer has, so every cell would fail")
+
+
+def _check_clip_skip(values) -> None:
+    reason = _clip_skip_broken()
+    if reason is not None:
+        shown = values[0] if len(values) == 1 else list(values)
+        raise ValidationError(f"`clip_skip`={shown!r} can't be used: {reason}; remove `clip_skip` from the spec "
+                              f"until a transformers/diffusers pair supports it")
 
 
 def _unique(key, values) -> tuple:
@@ -693,6 +731,38 @@ class Cell:
         if self.compel:  # weighted prompts change pixels; absent when off so older keys stay valid
             payload["compel"] = True
         return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def _is_tiny(model) -> bool:
+    return isinstance(model, str) and model.startswith("tiny/")
+
+
+def _tiny_size() -> int:
+    from .tiny import TINY_SIZE  # plain Python at import: no torch
+
+    return TINY_SIZE
+
+
+def tiny_size_note(spec) -> str | None:
+    """The one line saying that tiny models run at `tiny.TINY_SIZE` px here, or None.
+
+    A spec that sets neither `height` nor `width` runs its `tiny/...` models' cells at
+    TINY_SIZE x TINY_SIZE (a tiny model is for trying a spec; its pictures are noise at any size),
+    as if the spec said so: the size is in each cell's call, its content key and its row. Real
+    models and specs that set a size are unchanged.
+
+    Example:
+        >>> tiny_size_note(SweepSpec.from_yaml("sweeps/combined.yaml", model="tiny/sd15"))
+        'tiny models run at 64x64 px (the spec sets no height/width): 48 cells'
+    """
+    if "height" in spec.params or "width" in spec.params:
+        return None
+    tiny = [m for m in spec.model if _is_tiny(m)]
+    if not tiny:
+        return None
+    count = len(spec) // len(spec.model) * len(tiny)
+    size = _tiny_size()
+    return f"tiny models run at {size}x{size} px (the spec sets no height/width): {count} cells"
 
 
 def _key_options(options: Mapping[str, Any]) -> _FrozenDict:
@@ -863,11 +933,16 @@ class SweepSpec:
         swept = set(self.swept)
         seqs = {k: seq for k, (_, seq) in call_parameters().items()}
         key_options = _key_options(self.options)
+        note = tiny_size_note(self)
+        if note:
+            print(note)
         cells = []
         for combo in itertools.product(*(values for _, values in axes)):
             point = dict(zip(names, combo))
             call = {k: point[k] for k in _CALL_AXES}
             call.update({k: _thaw(point[k], seqs.get(k, list)) for k in self.params})
+            if note and _is_tiny(point["model"]):
+                call.update(height=_tiny_size(), width=_tiny_size())  # in the call, so in the key and the row
             cells.append(Cell(
                 model=point["model"],
                 image=point["image"],

@@ -102,10 +102,10 @@ def test_cell_order_over_every_axis_then_params_by_name():
     spec = make(model=["tiny/sd15", "tiny/sdxl"], image=["cat", "astronaut"], prompt=["a", "b"],
                 negative_prompt=[None, "blurry"], seed=[1, 2], num_inference_steps=[10, 20],
                 scheduler=["euler", "ddim"], strength=[0.5, 0.9], guidance_scale=[3, 7],
-                params={"eta": [0.0, 1.0], "clip_skip": [1, 2]})
+                params={"eta": [0.0, 1.0], "aesthetic_score": [1, 2]})
     assert len(spec) == 2**11 == len(spec.cells())
     order = ("model", "image", "prompt", "negative_prompt", "seed", "num_inference_steps", "scheduler",
-             "strength", "guidance_scale", "clip_skip", "eta")
+             "strength", "guidance_scale", "aesthetic_score", "eta")
     assert spec.swept == order
     cells = spec.cells()
 
@@ -115,8 +115,8 @@ def test_cell_order_over_every_axis_then_params_by_name():
 
     assert point(cells[0]) == ("tiny/sd15", "cat", "a", None, 1, 10, "euler", 0.5, 3.0, 1, 0.0)
     assert point(cells[-1]) == ("tiny/sdxl", "astronaut", "b", "blurry", 2, 20, "ddim", 0.9, 7.0, 2, 1.0)
-    assert (cells[1].call["eta"], cells[1].call["clip_skip"]) == (1.0, 1)
-    assert (cells[2].call["eta"], cells[2].call["clip_skip"]) == (0.0, 2)
+    assert (cells[1].call["eta"], cells[1].call["aesthetic_score"]) == (1.0, 1)
+    assert (cells[2].call["eta"], cells[2].call["aesthetic_score"]) == (0.0, 2)
     assert cells[2**10].model == "tiny/sdxl" and cells[2**10 - 1].model == "tiny/sd15"
     assert len({point(c) for c in cells}) == len(cells)
 
@@ -564,3 +564,80 @@ def test_constructor_takes_flat_keys_like_yaml():
     assert dict(spec.options) == {"offload": "model"}
     with pytest.raises(ValidationError, match=r"unknown spec key `strenght`=0.3 \(did you mean 'strength'\?\)"):
         SweepSpec(model="tiny/sd15", prompt="a", image="cat", strenght=0.3)
+
+
+# --------------------------------------------------------------------------------------------
+# clip_skip: refused while the installed transformers/diffusers pair can't run it
+
+
+def _clip_text_model_has_text_model() -> bool:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=8, num_attention_heads=1,
+                                               num_hidden_layers=1, vocab_size=8, max_position_embeddings=8))
+    return hasattr(encoder, "text_model")
+
+
+@pytest.fixture
+def fresh_clip_skip_check():
+    from img2img_lab import spec as spec_module
+
+    check = spec_module._clip_skip_broken
+    check.cache_clear()
+    yield spec_module
+    check.cache_clear()
+
+
+def test_clip_skip_is_refused_naming_the_installed_versions(fresh_clip_skip_check):
+    import importlib.metadata as md
+
+    if _clip_text_model_has_text_model():
+        assert make(clip_skip=2).params["clip_skip"] == (2,)  # this pair runs it: accepted
+        return
+    for value in (2, [1, 2], [None, 1]):
+        with pytest.raises(ValidationError) as info:
+            make(clip_skip=value)
+        message = str(info.value)
+        assert message.startswith("`clip_skip`=")
+        assert f"transformers {md.version('transformers')}" in message
+        assert f"diffusers {md.version('diffusers')}" in message and "text_model" in message
+    assert make(clip_skip=None).params["clip_skip"] == (None,)  # no skipping asked: fine
+
+
+def test_clip_skip_check_is_a_feature_check(fresh_clip_skip_check, monkeypatch):
+    """Works again as soon as CLIPTextModel has `text_model` again (no version list)."""
+    import torch
+    import transformers
+
+    class WithTextModel(transformers.CLIPTextModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.text_model = torch.nn.Identity()
+
+    monkeypatch.setattr(transformers, "CLIPTextModel", WithTextModel)
+    assert make(clip_skip=[1, 2]).params["clip_skip"] == (1, 2)
+
+    class WithoutTextModel(transformers.CLIPTextModel):
+        def __getattr__(self, name):
+            if name == "text_model":
+                raise AttributeError(name)
+            return super().__getattr__(name)
+
+    fresh_clip_skip_check._clip_skip_broken.cache_clear()
+    monkeypatch.setattr(transformers, "CLIPTextModel", WithoutTextModel)
+    with pytest.raises(ValidationError, match=r"`clip_skip`=1 can't be used.*transformers .* diffusers "):
+        SweepSpec.from_dict({**BASE, "clip_skip": 1})
+
+
+def test_clip_skip_is_refused_on_the_cli_before_any_model_loads(tmp_path, capsys, monkeypatch,
+                                                                fresh_clip_skip_check):
+    from img2img_lab import cli
+
+    monkeypatch.setattr(fresh_clip_skip_check, "_clip_skip_broken", lambda: "the test says so")
+    monkeypatch.setattr("img2img_lab.runner.run_sweep", lambda *a, **k: pytest.fail("ran a sweep"))
+    spec = tmp_path / "s.yaml"
+    spec.write_text("model: tiny/sd15\nprompt: a cat\nimage: cat\n")
+    assert cli.main(["sweep", str(spec), "--set", "clip_skip=2", "--out", str(tmp_path / "out")]) == 2
+    assert "`clip_skip`=2 can't be used: the test says so" in capsys.readouterr().err
