@@ -50,12 +50,26 @@ def _spec_from_args(args):
     return SweepSpec.from_yaml(args.spec, **spec_overrides(args))
 
 
+def _sweep_rows(result):
+    """The rows of the sweep just run (its cells' keys, in cell order) and how many other rows the
+    folder holds (earlier sweeps into the same folder)."""
+    runs = result.meta.get("runs") or []
+    keys = runs[-1].get("keys") if runs else None  # run_sweep's own record, appended under the lock
+    if keys is None:
+        return result.df, 0
+    rank = {k: i for i, k in enumerate(keys)}
+    mine = result.df[result.df["key"].isin(rank)]
+    mine = mine.iloc[mine["key"].map(rank).argsort(kind="stable")]
+    return mine, len(result.df) - len(mine)
+
+
 def _summary(result, limit: int = 20) -> str:
     import pandas as pd
 
-    df = result.df
+    df, others = _sweep_rows(result)
+    elsewhere = f"; the folder holds {others} other row{'s' if others > 1 else ''} (results.parquet)" if others else ""
     if df.empty:
-        return "(no rows)"
+        return "(no rows)" + elsewhere
     cols = [c for c in result.swept if c in df.columns] + ["status", "seconds"]
     view = df[cols].copy()
     for col in view.columns:
@@ -65,7 +79,13 @@ def _summary(result, limit: int = 20) -> str:
     with pd.option_context("display.width", 120, "display.max_columns", 12):
         text = view.to_string(index=False, max_rows=limit)
     counts = df["status"].value_counts().to_dict()
-    return f"{text}\n\n{len(df)} images: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    return f"{text}\n\n{len(df)} images: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + elsewhere
+
+
+def _failed(result) -> bool:
+    """Whether a cell of the sweep just run ended in error (rows of other sweeps don't count)."""
+    df, _ = _sweep_rows(result)
+    return bool((df["status"] == "error").any())
 
 
 def _is_main_process() -> bool:
@@ -110,7 +130,7 @@ def cmd_sweep(args) -> int:
         return 0
     print(_summary(result))
     print(f"\nresults: {result.out_dir / 'results.parquet'}\nimages:  {result.out_dir / 'images'}")
-    return 0 if (result.df["status"] != "error").all() else 1
+    return 1 if _failed(result) else 0
 
 
 def cmd_demo(args) -> int:
@@ -126,7 +146,7 @@ def cmd_demo(args) -> int:
     grid_image(result, x="strength", y="guidance_scale", z="negative_prompt").save(grid_path)
     print(_summary(result))
     print(f"\nresults: {out / 'results.parquet'}\ngrid:    {grid_path}")
-    return 0 if (result.df["status"] != "error").all() else 1
+    return 1 if _failed(result) else 0
 
 
 def cmd_models(args) -> int:

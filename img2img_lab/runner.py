@@ -351,7 +351,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
         meta = store.update_meta(
             versions=library_versions(),
             runs=[{"started": started, "finished": datetime.now(timezone.utc).isoformat(),
-                   "host": socket.gethostname(), "cells": len(prepared), "computed": computed,
+                   "host": socket.gethostname(), "cells": len(prepared), "keys": order, "computed": computed,
                    "skipped": len(prepared) - len(todo), "process": state.process_index,
                    "num_processes": state.num_processes}],
             generator="torch.Generator('cpu').manual_seed(seed)",

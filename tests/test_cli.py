@@ -81,3 +81,24 @@ def test_models_lists_the_tiny_models(capsys):
 def test_an_empty_model_override_is_an_error(spec_file, capsys):
     assert main(["sweep", str(spec_file), "--model", "", "--quiet"]) == 2
     assert "`--model` must name a model" in capsys.readouterr().err
+
+
+def test_summary_lists_only_the_rows_of_the_sweep_just_run(spec_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec_file), "--model", "tiny/sd15", "--out", str(out), "--quiet",
+                 "--set", "guidance_scale=[1.0,3.0]"]) == 0
+    capsys.readouterr()
+    # a second, different sweep into the same folder: 1 new cell, 4 rows of the first sweep stay
+    assert main(["sweep", str(spec_file), "--model", "tiny/sd15", "--out", str(out), "--quiet",
+                 "--set", "strength=0.75", "--set", "guidance_scale=5.0"]) == 0
+    text = capsys.readouterr().out
+    assert len(pd.read_parquet(out / "results.parquet")) == 5
+    table = text.split("\n\n")[0].splitlines()
+    assert len(table) == 1 + 1  # header + this sweep's one row
+    assert "1 images: 1 ok; the folder holds 4 other rows" in text
+    # the first sweep again: all 4 cells found done, listed, and the new sweep's row counted apart
+    assert main(["sweep", str(spec_file), "--model", "tiny/sd15", "--out", str(out), "--quiet",
+                 "--set", "guidance_scale=[1.0,3.0]"]) == 0
+    text = capsys.readouterr().out
+    assert len(text.split("\n\n")[0].splitlines()) == 1 + 4
+    assert "4 images: 4 ok; the folder holds 1 other row (results.parquet)" in text
