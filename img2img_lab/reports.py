@@ -8,6 +8,9 @@ Two halves:
   not declare (a typo such as `-p strenght 0.5` is an error there, not a silent pass), checks the
   values of spec keys as a `SweepSpec` does, and returns the parameters as a `NotebookParameters`
   (shown as a table). `params.sweep_spec()` builds the sweep of `05_sweep_report`.
+  Parameters left `None` take the guide's value, or a tiny stand-in when the notebook's `model`
+  is a `tiny/...` model (`NOTEBOOK_DEFAULTS`, resolved by `notebook_defaults`): a companion model
+  follows the main model's kind, and tiny models take few steps and small sizes.
 - **outside**: `report(spec, out_dir, **overrides)` validates the spec and overrides first, runs
   `05_sweep_report` with `papermill.execute_notebook` into `out_dir` (the sweep folder too), and
   writes `out_dir/report.ipynb` and `out_dir/report.html` (nbconvert; widgets render from the
@@ -25,7 +28,7 @@ import ast
 import difflib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,6 +36,7 @@ from .errors import LabError, ValidationError
 
 PACKAGE_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 SOURCE_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout (holds sweeps/), when it is one
 DEFAULT_NOTEBOOK = "05_sweep_report"
 # The header papermill writes on its injected cell (papermill.translators.PythonTranslator).
 _INJECTED_HEADER = "# Parameters"
@@ -60,6 +64,117 @@ class ReportError(LabError):
 
 
 # --------------------------------------------------------------------------------------------
+# the notebooks' defaults: the guide's values, or tiny stand-ins for the tiny models
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DOCS = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers"
+PROMPT = "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k"
+# Companion models: (the guide's checkpoint, its tiny twin). A notebook's companion parameter left
+# None follows the main `model`: the guide's checkpoint, or the tiny twin when `model` is tiny.
+COMPANIONS = {
+    "kandinsky_model": ("kandinsky-community/kandinsky-2-2-decoder", "tiny/kandinsky22"),
+    "refiner_model": ("stabilityai/stable-diffusion-xl-refiner-1.0", "tiny/sdxl-refiner"),
+    "comic_model": ("ogkalu/Comic-Diffusion", "tiny/sd15"),
+    "pixel_model": ("kohbanye/pixel-art-style", "tiny/sd15"),
+    "style_model": ("nitrosocke/elden-ring-diffusion", "tiny/sd15"),
+    "controlnet_model": ("lllyasviel/control_v11f1p_sd15_depth", "tiny/controlnet-sd15"),
+    "x2_upscaler_model": ("stabilityai/sd-x2-latent-upscaler", "tiny/sd-x2-latent-upscaler"),
+    "x4_upscaler_model": ("stabilityai/stable-diffusion-x4-upscaler", "tiny/sd-x4-upscaler"),
+}
+# Tiny models run offline (sample images), at few steps and small sizes: a notebook in under a
+# few minutes on a laptop CPU. Real models keep the guide's values.
+_STEPS = {"num_inference_steps": (50, 4)}
+_PRIOR_STEPS = {"prior_num_inference_steps": (25, 2)}
+_GUIDE_IMAGE = {"image": (f"{DOCS}/img2img-init.png", "astronaut")}
+_OWN_SIZE = {"height": (None, 64), "width": (None, 64)}  # None: the pipeline's (or init image's) own
+# notebook -> {parameter: (the guide's value, the value with a tiny `model`)}, for parameters left None
+NOTEBOOK_DEFAULTS = {
+    "01_quickstart": {
+        **{k: COMPANIONS[k] for k in ("kandinsky_model", "refiner_model")},
+        "cat_image": (f"{DOCS}/cat.png", "cat"), **_GUIDE_IMAGE,
+        "refiner_image": (f"{DOCS}/img2img-sdxl-init.png", "astronaut"),
+        **_STEPS, **_PRIOR_STEPS, **_OWN_SIZE,
+    },
+    "02_parameters": {
+        "refiner_model": COMPANIONS["refiner_model"], **_GUIDE_IMAGE,
+        "refiner_image": (f"{DOCS}/img2img-sdxl-init.png", "astronaut"), **_STEPS, **_OWN_SIZE,
+    },
+    "03_chaining": {
+        **{k: COMPANIONS[k] for k in ("kandinsky_model", "comic_model", "pixel_model", "x2_upscaler_model",
+                                      "x4_upscaler_model")},
+        **_GUIDE_IMAGE, **_STEPS, **_PRIOR_STEPS,
+        "height": (512, 64), "width": (512, 64), "size": (None, 64),
+    },
+    "04_control": {
+        **{k: COMPANIONS[k] for k in ("controlnet_model", "style_model")}, **_GUIDE_IMAGE,
+        "control_image": ("https://huggingface.co/lllyasviel/control_v11f1p_sd15_depth/resolve/main/images/control.png",
+                          "cat"),
+        "size": ([958, 960], [64, 64]), **_STEPS,
+    },
+    # 05: the spec's value first (see NotebookParameters.sweep_spec), then these
+    "05_sweep_report": {
+        "model": (SD15, SD15), **_GUIDE_IMAGE, "prompt": (PROMPT, PROMPT), "negative_prompt": (None, None),
+        "strength": (0.8, 0.8), "guidance_scale": (7.5, 7.5), **_STEPS, "seed": (0, 0),
+    },
+}
+
+
+def is_tiny(model) -> bool:
+    """Whether `model` (a name or a list of them) is one of the embedded `tiny/...` models (all of them)."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    return bool(models) and all(isinstance(m, str) and m.startswith("tiny/") for m in models)
+
+
+def notebook_defaults(notebook: str, model) -> dict:
+    """The values a notebook's parameters left `None` take: the guide's, or tiny ones for a tiny `model`.
+
+    Args:
+        notebook: a notebook name from `NOTEBOOK_DEFAULTS` (`"02_parameters"`).
+        model: the notebook's main `model`; a `tiny/...` model makes the companions their tiny
+            twins, the images offline samples, and steps and sizes small.
+
+    Example:
+        >>> notebook_defaults("02_parameters", "tiny/sd15")["refiner_model"]
+        'tiny/sdxl-refiner'
+        >>> notebook_defaults("02_parameters", "stable-diffusion-v1-5/stable-diffusion-v1-5")["num_inference_steps"]
+        50
+    """
+    if notebook not in NOTEBOOK_DEFAULTS:
+        raise ValidationError(f"`notebook` must be one of {sorted(NOTEBOOK_DEFAULTS)}, got {notebook!r}")
+    tiny = is_tiny(model)
+    return {name: (small if tiny else guide) for name, (guide, small) in NOTEBOOK_DEFAULTS[notebook].items()}
+
+
+def resolve_spec_path(path) -> Path:
+    """Find a spec file given relative to the repository root or to the current folder.
+
+    A relative path is tried in the current folder, then in its parent (a notebook's kernel runs
+    in `notebooks/`, so `"sweeps/strength.yaml"` works there too), then in the source checkout
+    this package runs from (when it is one).
+
+    Raises:
+        ValidationError: no such file; the message lists the paths tried.
+
+    Example:
+        >>> resolve_spec_path("sweeps/strength.yaml")      # from the repo root or from notebooks/
+        PosixPath('/home/me/img2img_lab/sweeps/strength.yaml')
+    """
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValidationError(f"`spec` must be the path of a sweep spec YAML, got {path!r}")
+    given = Path(os.fspath(path)).expanduser()
+    if given.is_absolute():
+        candidates = [given]
+    else:
+        cwd = Path.cwd()
+        roots = [cwd, cwd.parent] + ([REPO_ROOT] if (REPO_ROOT / "pyproject.toml").is_file() else [])
+        candidates = list(dict.fromkeys((root / given).resolve() for root in roots))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ValidationError(f"`spec` {str(path)!r} not found; tried {', '.join(str(c) for c in candidates)}")
+
+
+# --------------------------------------------------------------------------------------------
 # inside a notebook
 
 
@@ -68,14 +183,18 @@ class NotebookParameters:
     """The checked parameters of a running notebook.
 
     Attributes:
-        values: every declared parameter (and every injected spec key) with its value.
+        values: every declared parameter (and every injected spec key) with its value, the ones
+            left None resolved (see `resolved`).
         injected: the names passed from outside (papermill `-p`/`-f`, `report()`), in order.
         declared: the names the `parameters` cell assigns.
+        resolved: the parameters that were None and took a default from `notebook_defaults`
+            (the notebook's check cell puts them back into its namespace).
     """
 
     values: Mapping[str, Any]
     injected: tuple = ()
     declared: tuple = ()
+    resolved: Mapping[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, name):
         return self.values[name]
@@ -90,36 +209,60 @@ class NotebookParameters:
     def sweep_spec(self):
         """The sweep of the generic report notebook (`05_sweep_report`).
 
-        With a `spec` parameter (a YAML path), that file is the sweep and the spec keys passed from
-        outside (papermill `-p`/`-f`, `report()`) replace its keys; the cell's own defaults do not.
-        Without one, the spec is the spec keys among the parameters.
+        Each spec key takes, in this order: its value in the notebook (set in the `parameters`
+        cell, so not None, or passed in by papermill `-p`/`-f` or `report()`); else the `spec`
+        file's (a YAML path, relative to the current folder or the repository root, see
+        `resolve_spec_path`); else the notebook's default (`notebook_defaults("05_sweep_report",
+        model)`: the guide's values, a sample image and 4 steps for tiny models).
 
         Example:
             >>> params = check_parameters(globals(), spec_keys=True)
             >>> spec = params.sweep_spec()
         """
+        import yaml
+
         from .spec import SweepSpec, known_keys
 
+        # 1. the spec file's keys, only those it sets (its unset keys take the notebook's defaults)
+        base: dict = {}
         source = self.values.get("spec")
         if source:
-            changes = {k: self.values[k] for k in self.injected if k in known_keys()}
-            return SweepSpec.from_yaml(source).replace(**_without_unset(changes))
-        return notebook_spec(**{k: v for k, v in self.values.items() if k in known_keys()})
+            path = resolve_spec_path(source)
+            data = SweepSpec.from_yaml(path).to_dict()
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            written = {k for k in raw if k not in ("params", "options")}
+            written |= {k for nested in ("params", "options") for k in (raw.get(nested) or {})}
+            base = {k: v for k, v in data.items() if k in written}
+        # 2. the notebook's own values win: set in the cell (not None) or passed in (even None)
+        given = {k: v for k, v in self.values.items()
+                 if k in known_keys() and k != "spec" and (v is not None or k in self.injected)}
+        keys = {**base, **given}
+        # 3. what is still unset: the notebook's defaults, for the model it runs
+        table = NOTEBOOK_DEFAULTS[DEFAULT_NOTEBOOK]
+        model = keys.get("model", table["model"][0])
+        defaults = notebook_defaults(DEFAULT_NOTEBOOK, model)
+        return notebook_spec(**{**{k: v for k, v in defaults.items() if k not in keys}, **keys})
 
     def _repr_html_(self):
         import html
 
         rows = "".join(
             f"<tr><td><code>{html.escape(k)}</code></td><td><code>{html.escape(repr(v))}</code></td>"
-            f"<td>{'passed in' if k in self.injected else 'default'}</td></tr>"
+            f"<td>{self._source(k) or 'default'}</td></tr>"
             for k, v in self.values.items()
         )
         return f"<table><tr><th>parameter</th><th>value</th><th></th></tr>{rows}</table>"
 
+    def _source(self, name) -> str:
+        if name in self.injected:
+            return "passed in"
+        return "None: resolved" if name in self.resolved else ""
+
     def __repr__(self):
         width = max((len(k) for k in self.values), default=0)
         return "\n".join(
-            f"{k:{width}s} = {v!r}{'   (passed in)' if k in self.injected else ''}" for k, v in self.values.items()
+            f"{k:{width}s} = {v!r}" + (f"   ({self._source(k)})" if self._source(k) else "")
+            for k, v in self.values.items()
         )
 
 
@@ -173,7 +316,9 @@ def _check_value(name, value) -> None:
         validate_options({name: value})
 
 
-def check_parameters(namespace: Mapping[str, Any], *, declared=None, spec_keys: bool = False) -> NotebookParameters:
+def check_parameters(
+    namespace: Mapping[str, Any], *, declared=None, spec_keys: bool = False, notebook: str | None = None
+) -> NotebookParameters:
     """Check a notebook's parameters; call it in the first cell after the `parameters` cell.
 
     Args:
@@ -182,6 +327,9 @@ def check_parameters(namespace: Mapping[str, Any], *, declared=None, spec_keys: 
             from IPython's input history (the cell run just before papermill's injected one).
         spec_keys: every `SweepSpec` key is a valid parameter too (`papermill -f sweeps/x.yaml`
             injects a whole spec), as in `05_sweep_report`.
+        notebook: the notebook's name in `NOTEBOOK_DEFAULTS`: its parameters left None then take
+            `notebook_defaults(notebook, model)` (returned in `.resolved`; the namespace is not
+            changed here: the check cell does `globals().update(params.resolved)`).
 
     Returns:
         A `NotebookParameters`; as the last line of a cell it shows the parameters as a table.
@@ -213,9 +361,16 @@ def check_parameters(namespace: Mapping[str, Any], *, declared=None, spec_keys: 
     # 3. values: spec keys and loading options are checked as a SweepSpec checks them
     ordered = list(dict.fromkeys([*names, *injected]))
     values = {n: namespace[n] for n in ordered if n in namespace}
+    # 4. parameters left None: the guide's value, or the tiny one when `model` is a tiny model
+    resolved = {}
+    if notebook is not None:
+        defaults = notebook_defaults(notebook, values.get("model"))
+        resolved = {k: defaults[k] for k in values if values[k] is None and k in defaults}
+        values.update(resolved)
     for name, value in values.items():
-        _check_value(name, value)
-    return NotebookParameters(values=values, injected=tuple(injected), declared=tuple(names))
+        if value is not None:  # None: "the default", resolved here or by the callee
+            _check_value(name, value)
+    return NotebookParameters(values=values, injected=tuple(injected), declared=tuple(names), resolved=resolved)
 
 
 def _without_unset(keys: Mapping[str, Any]) -> dict:
@@ -303,8 +458,10 @@ def _report_parameters(spec_or_path, out_dir: Path, notebook: Path, overrides: d
         spec = spec_or_path
     elif isinstance(spec_or_path, Mapping):
         spec = SweepSpec.from_dict(spec_or_path)
+    elif isinstance(spec_or_path, str) and "\n" in spec_or_path:
+        spec = SweepSpec.from_yaml(spec_or_path)  # YAML text
     elif isinstance(spec_or_path, (str, os.PathLike)):
-        spec = SweepSpec.from_yaml(spec_or_path)
+        spec = SweepSpec.from_yaml(resolve_spec_path(spec_or_path))
     else:
         raise ValidationError(f"`spec_or_path` must be a SweepSpec, a YAML path or a dict, got {spec_or_path!r}")
     declared = _declared_parameters(notebook)
@@ -374,6 +531,11 @@ def report(
     path = notebook_path(notebook)
     out = Path(out_dir).expanduser().resolve()
     injected = _report_parameters(spec_or_path, out, path, parameters)
+    from .spec import SweepSpec, known_keys, tiny_size_note
+
+    note = tiny_size_note(SweepSpec.from_dict({k: v for k, v in injected.items() if k in known_keys()}))
+    if note:
+        print(note)  # the executed notebook says it too, where the sweep runs
     if html and offline_html:
         from .htmlexport import widget_js_dir
 
@@ -386,7 +548,7 @@ def report(
     try:
         papermill.execute_notebook(
             str(path), str(executed), parameters=injected, kernel_name=kernel_name,
-            progress_bar=progress, store_widget_state=True,
+            progress_bar=progress, store_widget_state=True, kernel_manager_class=_quiet_kernel_manager(),
         )
     except PapermillExecutionError as exc:
         raise ReportError(exc.cell_index, exc.exec_count, exc.ename, exc.evalue, executed) from None
@@ -396,6 +558,44 @@ def report(
     if html:
         export_report_html(executed, out / "report.html", offline=offline_html, js_dir=js_dir)
     return executed
+
+
+# Lines a report's kernel writes to its stderr that are noise for a headless local report: ipykernel
+# warns on every start that jupyter_client's default transport (TCP on 127.0.0.1) is unencrypted.
+KERNEL_NOISE = (b"WARNING | Kernel is running over TCP without encryption.",)
+
+
+def _forward_kernel_stderr(read_fd: int, noise=KERNEL_NOISE, target_fd: int = 2) -> None:
+    """Copy the kernel's stderr lines to ours (fd 2, where they went before), dropping `noise` lines."""
+    with os.fdopen(read_fd, "rb") as stream:
+        for line in stream:
+            if not any(text in line for text in noise):
+                os.write(target_fd, line)
+
+
+def _quiet_kernel_manager():
+    """jupyter_client's AsyncKernelManager whose kernel stderr goes through `_forward_kernel_stderr`.
+
+    Only the report's own kernel is affected, and only the lines in `KERNEL_NOISE`; everything else
+    the kernel writes to stderr still reaches the terminal.
+    """
+    import threading
+
+    from jupyter_client import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            read_fd, write_fd = os.pipe()
+            forward = threading.Thread(target=_forward_kernel_stderr, args=(read_fd,), daemon=True,
+                                       name="img2img_lab-kernel-stderr")
+            forward.start()
+            try:
+                await super().start_kernel(**{**kw, "stderr": write_fd})
+            finally:
+                os.close(write_fd)  # the kernel holds its own copy; EOF when it exits ends the thread
+                getattr(self, "_launch_args", {}).pop("stderr", None)  # a restart inherits ours again
+
+    return QuietKernelManager
 
 
 class _SpecKeysAreKnown(logging.Filter):

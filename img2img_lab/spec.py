@@ -762,7 +762,8 @@ def tiny_size_note(spec) -> str | None:
         return None
     count = len(spec) // len(spec.model) * len(tiny)
     size = _tiny_size()
-    return f"tiny models run at {size}x{size} px (the spec sets no height/width): {count} cells"
+    cells = f"{count} cell" + ("s" if count != 1 else "")
+    return f"tiny models run at {size}x{size} px (the spec sets no height/width): {cells}"
 
 
 def _key_options(options: Mapping[str, Any]) -> _FrozenDict:

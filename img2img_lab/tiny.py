@@ -55,6 +55,10 @@ TINY_MODELS = {
     "tiny/sd-x4-upscaler": "random-weight smoke model, SD x4 upscaler layout (pictures are noise, code paths real)",
 }
 
+# The size (px, square) a tiny model runs at when a spec sets neither height nor width: tiny models
+# are for trying things, and their pictures are noise at any size (the init image is resized to it).
+TINY_SIZE = 64
+
 _SEED = 0
 # Text encoders: tiny, with the byte-level vocabulary written by _tokenizer().
 _TEXT_HIDDEN = 32
