@@ -3,13 +3,18 @@
 Both are pure: they read the sweep's images and return a new object; nothing is displayed or
 written. The layout follows the web UIs' X/Y/Z plot: `x` values across the top, `y` values down
 the left, one panel per `z` value, the init image beside the grid as reference, and a grey crossed
-placeholder (labelled "error", "nan" or "missing") where a cell has no usable image.
+placeholder saying why where a cell has no usable image (the stored error, NaN output, not run).
+Values that are URLs, paths or hub ids are labelled by their last path part (more of the path
+when that is needed to tell two values apart), or by the labels the caller gives.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import re
+import textwrap
+import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +29,10 @@ PLACEHOLDER_FILL = (200, 200, 200)
 PLACEHOLDER_CROSS = (140, 140, 140)
 PLACEHOLDER_TEXT = (170, 0, 0)
 MAX_SIDE = 16384  # px; larger images break most viewers and many encoders
+MIN_CELL = 256  # px on screen: the least a cell of `plot_grid` shows at (tiny models make 64 px images)
 _LABEL_CHARS = 28  # labels longer than this (prompts, URLs) are shortened
 _NULL = "\x00<null>"  # stands for None/NaN when grouping cell values
+NONE_LABEL = "(none)"  # how a missing value (None/NaN, e.g. no negative prompt) reads
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,9 +102,10 @@ def _norm(value):
 
 
 def format_value(value, max_chars: int = _LABEL_CHARS, ellipsis: str = "…") -> str:
-    """A short label for a parameter value: ``0.75``, ``""`` for an empty prompt, long text shortened."""
+    """A short label for a parameter value: ``0.75``, ``""`` for an empty prompt, ``(none)`` for
+    None/NaN (no negative prompt), long text shortened."""
     if _norm(value) == _NULL:
-        return "None"
+        return NONE_LABEL
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
@@ -109,6 +117,118 @@ def format_value(value, max_chars: int = _LABEL_CHARS, ellipsis: str = "…") ->
     if len(text) > max_chars:
         text = text[: max_chars - len(ellipsis)].rstrip() + ellipsis
     return text
+
+
+_PATH_LABEL_CHARS = 48  # a path's short name is cut (keeping its end) only past this
+
+
+def _path_parts(value) -> list[str] | None:
+    """The parts of a URL (host, path parts; the query kept on the last), a file path or a hub id
+    (``owner/name``); None for any other value."""
+    if not isinstance(value, str) or "\n" in value:
+        return None
+    text = value.strip()
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        url = urllib.parse.urlsplit(text)
+        parts = [url.netloc] + [p for p in url.path.split("/") if p]
+        if url.query:
+            parts[-1] += f"?{url.query}"
+        return [p for p in parts if p] or None
+    if "/" in text or "\\" in text:
+        return [p for p in re.split(r"[\\/]+", text) if p] or None
+    return None
+
+
+def value_labels(column: str | None, values: list, labels: dict | None = None, *,
+                 max_chars: int = _LABEL_CHARS, ellipsis: str = "…") -> list[str]:
+    """Labels for the values of one axis, in order.
+
+    A value with a label in ``labels`` (``{normalised value: label}``, see `label_maps`) gets it.
+    URLs, paths and hub ids get their last path part (``img2img-init.png``,
+    ``stable-diffusion-v1-5``), with more of the path where two values would read the same.
+    Prompts (columns named ``*prompt*``) and everything else read as `format_value` gives them.
+
+    Example:
+        >>> value_labels("model", ["a/sd15", "b/sd15", "stabilityai/sdxl-turbo"])
+        ['a/sd15', 'b/sd15', 'sdxl-turbo']
+    """
+    given = [(labels or {}).get(_norm(v)) for v in values]
+    prompt = isinstance(column, str) and "prompt" in column
+    parts = [None if prompt or g is not None else _path_parts(v) for v, g in zip(values, given)]
+    depth = [1] * len(values)
+
+    def text(i: int) -> str:
+        if given[i] is not None:
+            return given[i]
+        if parts[i] is None:
+            return format_value(values[i], max_chars, ellipsis)
+        return "/".join(parts[i][-depth[i]:])
+
+    while True:  # show more of a path while its short name is shared with another value
+        texts = [text(i) for i in range(len(values))]
+        seen = pd.Series(texts).value_counts()
+        grow = [i for i, t in enumerate(texts) if parts[i] and seen[t] > 1 and depth[i] < len(parts[i])]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    limit = max(max_chars, _PATH_LABEL_CHARS)
+    return [ellipsis + t[len(t) - limit + len(ellipsis):] if parts[i] and len(t) > limit else t
+            for i, t in enumerate(texts)]
+
+
+def label_maps(df: pd.DataFrame, labels, columns: list[str]) -> dict[str, dict]:
+    """``labels`` as given to `plot_grid` (``{column: {value: label}}`` or ``{value: label}``, the
+    latter for every column in ``columns``), checked against ``df`` and returned as
+    ``{column: {normalised value: label}}``. Raises `ValidationError` for a bad one.
+    """
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise ValidationError(
+            f"`labels` must be a dict {{column: {{value: label}}}} or {{value: label}}, got {type(labels).__name__}: {labels!r}"
+        )
+    nested = [isinstance(v, dict) for v in labels.values()]
+    if any(nested) and not all(nested):
+        raise ValidationError(
+            f"`labels` must be either {{column: {{value: label}}}} or {{value: label}}, not a mix; got {labels!r}"
+        )
+    flat = not any(nested)
+    if flat:
+        per_column = {c: labels for c in columns}
+    else:
+        per_column = labels
+        for column in per_column:
+            if column not in df.columns:
+                raise ValidationError(
+                    f"`labels` names column {column!r}, which the sweep does not have; axes: {columns}"
+                )
+    out, matched = {}, set()
+    for column, mapping in per_column.items():
+        known = set(df[column].map(_norm))
+        out[column] = {}
+        for value, label in mapping.items():
+            if not isinstance(label, str):
+                raise ValidationError(
+                    f"`labels`: the label of {column}={value!r} must be a str, got {type(label).__name__}: {label!r}"
+                )
+            if _norm(value) in known:
+                out[column][_norm(value)] = label
+                matched.add(_norm(value))
+            elif not flat:
+                shown = [format_value(v) for v in _axis_values(df[column])]
+                raise ValidationError(
+                    f"`labels`: column {column!r} has no value {value!r}; its values: {shown[:8]}"
+                    + (" ..." if len(shown) > 8 else "")
+                )
+    if flat:
+        unknown = [v for v in labels if _norm(v) not in matched]
+        if unknown:
+            raise ValidationError(
+                f"`labels`: no value of the axes {columns} is {unknown[0]!r}; label values of those "
+                f"columns, or pass {{column: {{value: label}}}}"
+            )
+    return out
 
 
 def is_metric_column(column: str) -> bool:
@@ -150,8 +270,10 @@ class GridLayout:
     def shape(self) -> tuple[int, int, int]:
         return len(self.z_values), len(self.y_values), len(self.x_values)
 
-    def init_paths(self) -> list[tuple[str, str]]:
-        """Distinct init images of the grid's rows, as ``(init_image_path, label)``."""
+    def init_paths(self, labels: dict | None = None) -> list[tuple[str, str]]:
+        """Distinct init images of the grid's rows, as ``(init_image_path, label)``; the label is
+        the `image` value's short name (see `value_labels`), or its entry in ``labels``
+        (``{normalised value: label}``)."""
         if "init_image_path" not in self.df.columns:
             return []
         out = {}
@@ -159,8 +281,9 @@ class GridLayout:
             path = row.get("init_image_path")
             if _norm(path) == _NULL or path == "" or path in out:
                 continue
-            out[path] = format_value(row.get("image", "")) if "image" in self.df.columns else ""
-        return list(out.items())
+            out[path] = row.get("image", "") if "image" in self.df.columns else ""
+        names = value_labels("image", list(out.values()), labels)
+        return [(path, name if "image" in self.df.columns else "") for path, name in zip(out, names)]
 
 
 def grid_layout(result, x: str, y: str, z: str | None = None, where=None, *, caller: str = "plot_grid") -> GridLayout:
@@ -228,9 +351,10 @@ def grid_layout(result, x: str, y: str, z: str | None = None, where=None, *, cal
 
 
 def cell_image(result, row) -> tuple[Image.Image | None, str | None]:
-    """The image of a grid cell and, when there is none to show, why: "error", "nan" or "missing"."""
+    """The image of a grid cell and, when there is none to show, why: "error", "nan", "not run"
+    (no row: the cell is not in the sweep) or "missing" (its image file is gone)."""
     if row is None:
-        return None, "missing"
+        return None, "not run"
     status = row.get("status", "ok")
     if _norm(status) != _NULL and status not in ("ok", ""):
         return None, str(status) if status in ("error", "nan") else "error"
@@ -238,8 +362,33 @@ def cell_image(result, row) -> tuple[Image.Image | None, str | None]:
     return (image, None) if image is not None else (None, "missing")
 
 
+_MESSAGES = {
+    "nan": "nan: the output decoded to NaN (a black image)",
+    "not run": "not run",
+    "missing": "missing: its image file is gone",
+}
+
+
+def cell_message(row, reason: str) -> str:
+    """What a placeholder cell says: for "error" the row's stored `error` text, otherwise what
+    the reason means ("nan: the output decoded to NaN (a black image)", "not run", ...)."""
+    if reason == "error":
+        error = row.get("error") if row is not None else None
+        text = "" if _norm(error) == _NULL else " ".join(str(error).split())
+        return f"error: {text}" if text else "error"
+    return _MESSAGES.get(reason, reason)
+
+
+def wrap_lines(text: str, width: int, max_lines: int, placeholder: str = " …") -> list[str]:
+    """``text`` wrapped to lines of at most ``width`` characters, at most ``max_lines`` of them
+    (the last ending in ``placeholder`` when text is left out)."""
+    width, max_lines = max(4, width), max(1, max_lines)
+    return textwrap.wrap(text, width, max_lines=max_lines, placeholder=placeholder, break_long_words=True) or [""]
+
+
 def _placeholder(size: tuple[int, int], reason: str | None = None, font=None) -> Image.Image:
-    """A grey tile with a cross, and ``reason`` written in the middle when given."""
+    """A grey tile with a cross, and ``reason`` written in the middle when given (wrapped and
+    shortened to fit the tile)."""
     w, h = size
     tile = Image.new("RGB", size, PLACEHOLDER_FILL)
     draw = ImageDraw.Draw(tile)
@@ -248,11 +397,17 @@ def _placeholder(size: tuple[int, int], reason: str | None = None, font=None) ->
     draw.line([(0, h - 1), (w - 1, 0)], fill=PLACEHOLDER_CROSS, width=width)
     if reason:
         font = font or _font(max(8, min(w, h) // 8))
-        box = draw.textbbox((0, 0), reason, font=font)
+        spacing = 2
+        line_h = font.getbbox("Ag")[3] + spacing
+        chars = int((w - 10) / max(1.0, font.getlength("abcdefghijklmnopqrstuvwxyz") / 26))
+        lines = wrap_lines(reason, chars, (h - 10) // max(1, line_h), placeholder=" ...")
+        text = "\n".join(_fit_text(font, line, w - 10) for line in lines)
+        box = draw.multiline_textbbox((0, 0), text, font=font, spacing=spacing, align="center")
         tw, th = box[2] - box[0], box[3] - box[1]
         x0, y0 = (w - tw) // 2, (h - th) // 2
         draw.rectangle([x0 - 3, y0 - 3, x0 + tw + 3, y0 + th + 3], fill=PLACEHOLDER_FILL)
-        draw.text((x0 - box[0], y0 - box[1]), reason, fill=PLACEHOLDER_TEXT, font=font)
+        draw.multiline_text((x0 - box[0], y0 - box[1]), text, fill=PLACEHOLDER_TEXT, font=font,
+                            spacing=spacing, align="center")
     return tile
 
 
@@ -278,15 +433,18 @@ def _box(size: tuple[int, int], longest: int) -> tuple[int, int]:
 
 def _tiles(result, layout: GridLayout, zi: int, box: tuple[int, int], gutter: int, *, font=None):
     """The (y, x) tiles of panel ``zi`` in row-major order, each ``box`` plus a gutter, and the
-    placeholders as ``[(yi, xi, reason)]``. With ``font`` the reason is written on the tile."""
+    placeholders as ``[(yi, xi, reason, message)]`` (see `cell_message`). With ``font`` the
+    message is written on the tile."""
     _, ny, nx = layout.shape
     tiles, placeholders = [], []
     for yi in range(ny):
         for xi in range(nx):
-            image, reason = cell_image(result, layout.cells.get((zi, yi, xi)))
+            row = layout.cells.get((zi, yi, xi))
+            image, reason = cell_image(result, row)
             if image is None:
-                fitted = _placeholder(box, reason if font is not None else None, font)
-                placeholders.append((yi, xi, reason))
+                message = cell_message(row, reason)
+                fitted = _placeholder(box, message if font is not None else None, font)
+                placeholders.append((yi, xi, reason, message))
             else:
                 fitted = ImageOps.pad(image, box, method=Image.Resampling.LANCZOS, color=BACKGROUND)
             tile = Image.new("RGB", (box[0] + gutter, box[1] + gutter), BACKGROUND)
@@ -317,12 +475,54 @@ def _default_title(layout: GridLayout) -> str:
     return title
 
 
-def _z_title(layout: GridLayout, zi: int) -> str:
-    return f"{layout.z}={format_value(layout.z_values[zi])}" if layout.z else ""
-
-
 # ----------------------------------------------------------------------------------------------
 # matplotlib
+
+
+def _axis_names(result, layout: GridLayout, labels, ellipsis: str = "…") -> tuple[dict, list, list, list]:
+    """The checked ``labels`` maps and the x, y and z value labels of a grid."""
+    columns = [c for c in (layout.x, layout.y, layout.z) if c] + (["image"] if "image" in result.df.columns else [])
+    maps = label_maps(result.df, labels, list(dict.fromkeys(columns)))
+    x_labels, y_labels, z_labels = (
+        value_labels(column, values, maps.get(column), ellipsis=ellipsis) if column else [""]
+        for column, values in ((layout.x, layout.x_values), (layout.y, layout.y_values), (layout.z, layout.z_values))
+    )
+    return maps, x_labels, y_labels, z_labels
+
+
+def _fit_cells(fig, ax, nx: int, ny: int, aspect: float, cell_w: float, max_figsize) -> float:
+    """Size ``fig`` so each cell of panel ``ax`` (``nx`` x ``ny`` cells of ``aspect`` height/width)
+    is ``cell_w`` inches wide, or as wide as ``max_figsize`` allows; returns the cell width.
+
+    The constrained layout sets aside fixed room for titles and labels and shares the rest out
+    in fixed ratios, so the panel's size is linear in the figure's: two layouts measure it.
+    """
+    engine = fig.get_layout_engine()
+
+    def panel(width: float, height: float) -> tuple[float, float]:
+        fig.set_size_inches(width, height)
+        engine.execute(fig)
+        box = ax.get_position(original=True)
+        return box.width * width, box.height * height
+
+    # roomy enough that the layout never collapses
+    w0, h0 = max_figsize[0] + nx * cell_w + 2, max_figsize[1] + ny * cell_w * aspect + 2
+    pw0, ph0 = panel(w0, h0)
+    pw1, ph1 = panel(w0 + 1, h0 + 1)
+    slope_w, slope_h = max(pw1 - pw0, 1e-6), max(ph1 - ph0, 1e-6)
+    fits = min(
+        cell_w,
+        (pw0 + (max_figsize[0] - w0) * slope_w) / nx,
+        (ph0 + (max_figsize[1] - h0) * slope_h) / (ny * aspect),
+    )
+    cell_w = max(fits, 0.05)
+    width = w0 + (nx * cell_w - pw0) / slope_w
+    height = h0 + (ny * cell_w * aspect - ph0) / slope_h
+    fig.set_size_inches(min(width, max_figsize[0]), min(height, max_figsize[1]))
+    # Lay out at the final size: the next layout starts from these positions, and the images'
+    # fixed aspect would otherwise make it measure margins against the last trial size.
+    engine.execute(fig)
+    return cell_w
 
 
 def plot_grid(
@@ -332,7 +532,8 @@ def plot_grid(
     z: str | None = None,
     where=None,
     *,
-    thumb: int = 160,
+    labels: dict | None = None,
+    thumb: int | None = None,
     max_figsize: tuple[float, float] = (16.0, 12.0),
     show_init: bool = True,
     title: str | None = None,
@@ -341,9 +542,11 @@ def plot_grid(
 
     Each z value gets one panel (an Axes showing the panel's cells as one image), titled
     ``z=value``, with the x values along its top, the y values down its left and the parameter
-    names as axis titles. The init image(s) are shown to the left as reference. Failed or missing
-    cells are grey with a cross and the reason ("error", "nan", "missing"). Thumbnails are at most
-    ``thumb`` pixels and the figure never exceeds ``max_figsize``, so large grids stay light.
+    names as axis titles. The init image(s) are shown to the left as reference. A failed or
+    missing cell is grey with a cross and says why: the stored error, NaN output, "not run".
+
+    Cells are shown at the images' own size and at least `MIN_CELL` (256) pixels, so one cell
+    or a small grid reads at full size; larger grids shrink to fit ``max_figsize``.
 
     Args:
         result: a `SweepResult`.
@@ -352,7 +555,11 @@ def plot_grid(
         where: rows to show: a dict ``{column: value or [values]}``, a pandas query string or a
             callable on the DataFrame (see `filter_rows`). Every other swept column must end up
             with one value per cell.
-        thumb: longest side of each thumbnail, in pixels (lowered automatically for large grids).
+        labels: labels to show instead of values: ``{column: {value: label}}``, or
+            ``{value: label}`` for the values of any axis (and of `image`, naming the init
+            images). By default URLs, paths and hub ids show their last path part.
+        thumb: longest side of each cell on screen, in pixels; default the images' own size,
+            at least 256. Lowered to fit ``max_figsize``.
         max_figsize: (width, height) bound of the figure in inches.
         show_init: show the init image(s) beside the grid.
         title: figure title; by default the axes and, when it is the same for all rows, the prompt.
@@ -363,67 +570,60 @@ def plot_grid(
 
     Example:
         >>> fig = lab.plot_grid(result, x="strength", y="guidance_scale", z="negative_prompt",
-        ...                     where={"seed": 0})
+        ...                     where={"seed": 0}, labels={"negative_prompt": {None: "no negative"}})
         >>> fig.savefig("grid.png")
     """
-    from matplotlib.figure import Figure
+    from .figures import LabFigure
 
     # 1. validate and place rows in cells
-    if not isinstance(thumb, int) or thumb < 8:
-        raise ValidationError(f"`thumb` must be an int of at least 8 pixels, got {thumb!r}")
-    if len(max_figsize) != 2 or min(max_figsize) <= 0:
+    if thumb is not None and (not isinstance(thumb, int) or isinstance(thumb, bool) or thumb < 8):
+        raise ValidationError(f"`thumb` must be None or an int of at least 8 pixels, got {thumb!r}")
+    if (not isinstance(max_figsize, (tuple, list)) or len(max_figsize) != 2
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 for v in max_figsize)):
         raise ValidationError(f"`max_figsize` must be (width, height) in inches, got {max_figsize!r}")
     layout = grid_layout(result, x, y, z, where, caller="plot_grid")
+    maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels)
     nz, ny, nx = layout.shape
     zr, zc = _panel_shape(nz)
-    inits = layout.init_paths() if show_init else []
+    inits = layout.init_paths(maps.get("image")) if show_init else []
     shown_inits = inits[:4]
 
-    # 2. sizes: thumbnails small enough that a panel stays under ~2k px, figure within max_figsize
-    thumb = min(thumb, max(16, 2048 // max(nx, ny)))
-    box = _box(_reference_size(result, layout), thumb)
-    gutter = max(2, thumb // 40)
-    aspect = (box[1] + gutter) / (box[0] + gutter)
-    fixed_w, fixed_h = 1.6, 0.9 + 0.6 * zr  # labels, titles
-    ref_cols = 1 if shown_inits else 0
-    cols, rows = ref_cols + zc * nx, zr * ny
-    cell_in = min(1.6, (max_figsize[0] - fixed_w) / cols, (max_figsize[1] - fixed_h) / (rows * aspect))
-    cell_in = max(cell_in, 0.05)
-    figsize = (min(max_figsize[0], fixed_w + cols * cell_in), min(max_figsize[1], fixed_h + rows * cell_in * aspect))
-    fontsize = float(np.clip(cell_in * 6, 5, 10))
+    # 2. the cell size wanted: the images' own (at least MIN_CELL px) or `thumb`; a first guess
+    #    of what fits sets the font size
+    fig = LabFigure(layout="constrained")
+    dpi = fig.dpi
+    ref = _reference_size(result, layout)
+    aspect = ref[1] / ref[0]  # height / width of a cell
+    longest = thumb if thumb is not None else max(max(ref), MIN_CELL)
+    cell_w = longest / dpi / max(1.0, aspect)
+    cols, rows = (1 if shown_inits else 0) + zc * nx, zr * ny
+    guess = min(cell_w, (max_figsize[0] - 1.6) / cols, (max_figsize[1] - 0.9 - 0.6 * zr) / (rows * aspect))
+    fontsize = float(np.clip(guess * 7, 6, 10))
 
-    # 3. figure: a reference column, then the z panels
-    fig = Figure(figsize=figsize, layout="constrained")
+    # 3. the figure's parts: title, a reference column, one Axes per z panel with its labels
     fig.suptitle(_default_title(layout) if title is None else title, fontsize=fontsize + 2)
+    init_axes = []
     if shown_inits:
-        outer = fig.add_gridspec(1, 2, width_ratios=[ref_cols * cell_in, zc * nx * cell_in])
+        outer = fig.add_gridspec(1, 2, width_ratios=[1, zc * nx])
         ref_spec, main_spec = outer[0].subgridspec(len(shown_inits), 1), outer[1]
-        for i, (rel, label) in enumerate(shown_inits):
+        for i, (_, label) in enumerate(shown_inits):
             ax = fig.add_subplot(ref_spec[i])
-            with Image.open(result.out_dir / rel) as im:
-                ax.imshow(np.asarray(ImageOps.contain(im.convert("RGB"), box, Image.Resampling.LANCZOS)))
-            ax.images[-1].set_gid("init")
             name = "init image" if len(inits) == 1 or not label else f"init image\n{label}"
             if i == len(shown_inits) - 1 and len(inits) > len(shown_inits):
                 name += f"\n(+{len(inits) - len(shown_inits)} more)"
             ax.set_title(name, fontsize=fontsize)
             ax.set_axis_off()
+            init_axes.append(ax)
     else:
         main_spec = fig.add_gridspec(1, 1)[0]
     panel_spec = main_spec.subgridspec(zr, zc)
-
-    # 4. one Axes per z panel, showing the panel's cells as one image
-    pitch_x, pitch_y = box[0] + gutter, box[1] + gutter
-    x_labels = [format_value(v) for v in layout.x_values]
-    y_labels = [format_value(v) for v in layout.y_values]
+    panels = []
     for zi in range(nz):
-        ax = fig.add_subplot(panel_spec[zi // zc, zi % zc])
-        tiles, placeholders = _tiles(result, layout, zi, box, gutter)
-        ax.imshow(np.asarray(_mosaic(tiles, ny, nx)), interpolation="antialiased")
-        ax.images[-1].set_gid(f"panel:{zi}")
-        ax.set_xticks([pitch_x * (i + 0.5) for i in range(nx)], x_labels, fontsize=fontsize,
+        # data coordinates count cells: cell (yi, xi) spans [xi, xi + 1] x [yi, yi + 1]
+        ax = fig.add_subplot(panel_spec[zi // zc, zi % zc], xlim=(0, nx), ylim=(ny, 0))
+        ax.set_xticks([i + 0.5 for i in range(nx)], x_labels, fontsize=fontsize,
                       rotation=45 if nx > 6 else 0, ha="left" if nx > 6 else "center")
-        ax.set_yticks([pitch_y * (i + 0.5) for i in range(ny)], y_labels, fontsize=fontsize)
+        ax.set_yticks([i + 0.5 for i in range(ny)], y_labels, fontsize=fontsize)
         ax.xaxis.tick_top()
         ax.xaxis.set_label_position("top")
         ax.tick_params(length=0)
@@ -432,10 +632,33 @@ def plot_grid(
         for spine in ax.spines.values():
             spine.set_visible(False)
         if z is not None:
-            ax.set_title(_z_title(layout, zi), fontsize=fontsize + 1)
-        for yi, xi, reason in placeholders:
-            ax.text(pitch_x * (xi + 0.5), pitch_y * (yi + 0.5), reason, ha="center", va="center",
-                    color="#aa0000", fontsize=fontsize, fontweight="bold", gid=f"placeholder:{reason}")
+            ax.set_title(f"{z}={z_labels[zi]}", fontsize=fontsize + 1)
+        panels.append(ax)
+
+    # 4. size the figure around cells of the wanted size, within max_figsize
+    cell_w = _fit_cells(fig, panels[0], nx, ny, aspect, cell_w, max_figsize)
+
+    # 5. the images, made at the size they show at (capped so a panel stays under ~2k px)
+    cell_px = cell_w * dpi * max(1.0, aspect)  # longest side of a cell, gutter included
+    gutter = max(2, round(cell_px) // 40)
+    box = _box(ref, max(4, min(round(cell_px) - gutter, 2048 // max(nx, ny))))
+    for ax, (rel, _) in zip(init_axes, shown_inits):
+        with Image.open(result.out_dir / rel) as im:
+            ax.imshow(np.asarray(ImageOps.contain(im.convert("RGB"), box, Image.Resampling.LANCZOS)))
+        ax.images[-1].set_gid("init")
+    pitch_aspect = (box[1] + gutter) / (box[0] + gutter)
+    cell_pt = cell_w * 72  # width of a cell in points, for wrapping the placeholder messages
+    for zi, ax in enumerate(panels):
+        tiles, placeholders = _tiles(result, layout, zi, box, gutter)
+        ax.imshow(np.asarray(_mosaic(tiles, ny, nx)), extent=(0, nx, ny, 0), aspect=pitch_aspect,
+                  interpolation="antialiased")
+        ax.images[-1].set_gid(f"panel:{zi}")
+        for yi, xi, reason, message in placeholders:
+            lines = wrap_lines(message, int(0.85 * cell_pt / (0.6 * fontsize)),
+                               int(0.8 * cell_pt * aspect / (1.3 * fontsize)))
+            ax.text(xi + 0.5, yi + 0.5, "\n".join(lines), ha="center", va="center", color="#aa0000",
+                    fontsize=fontsize, fontweight="bold", gid=f"placeholder:{reason}", clip_on=True,
+                    bbox={"facecolor": "#c8c8c8", "edgecolor": "none", "pad": 1})
     return fig
 
 
@@ -477,7 +700,7 @@ class _Geometry:
     size: tuple[int, int]
 
 
-def _geometry(layout: GridLayout, box: tuple[int, int], n_inits: int, title: str) -> _Geometry:
+def _geometry(layout: GridLayout, box: tuple[int, int], n_inits: int, title: str, y_labels: list[str]) -> _Geometry:
     """Where everything goes in `grid_image`; pure arithmetic, so sizes are known before drawing."""
     nz, ny, nx = layout.shape
     zr, zc = _panel_shape(nz)
@@ -488,7 +711,7 @@ def _geometry(layout: GridLayout, box: tuple[int, int], n_inits: int, title: str
     title_h = (title.count("\n") + 1) * line + pad if title else 0
     init_w = box[0] + 2 * pad if n_inits else 0
     font, bold = _font(font_size), _font(round(font_size * 1.15))
-    widest = max([font.getlength(format_value(v, ellipsis="...")) for v in layout.y_values] + [bold.getlength(layout.y)])
+    widest = max([font.getlength(text) for text in y_labels] + [bold.getlength(layout.y)])
     label_w = int(min(max(widest + 2 * pad, 4 * font_size), max(box[0], 4 * font_size)))
     header_h = (line if layout.z else 0) + 2 * line
     panel_w = label_w + nx * (box[0] + gutter)
@@ -506,6 +729,7 @@ def grid_image(
     z: str | None = None,
     where=None,
     *,
+    labels: dict | None = None,
     cell_size: int = 256,
     max_pixels: int | None = None,
     max_side: int = MAX_SIDE,
@@ -520,7 +744,7 @@ def grid_image(
 
     Args:
         result: a `SweepResult`.
-        x, y, z, where: as in `plot_grid`.
+        x, y, z, where, labels: as in `plot_grid`.
         cell_size: longest side of each cell, in pixels.
         max_pixels: limit on width x height; default PIL's ``Image.MAX_IMAGE_PIXELS``
             (the decompression-bomb threshold, ~89 Mpx).
@@ -537,13 +761,14 @@ def grid_image(
     if max_pixels is None:
         max_pixels = Image.MAX_IMAGE_PIXELS or 89_478_485
     layout = grid_layout(result, x, y, z, where, caller="grid_image")
+    maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels, ellipsis="...")
     nz, ny, nx = layout.shape
-    inits = layout.init_paths() if show_init else []
+    inits = layout.init_paths(maps.get("image")) if show_init else []
     title = _default_title(layout) if title is None else title
 
     # 2. size, refused before anything is allocated
     box = _box(_reference_size(result, layout), cell_size)
-    geo = _geometry(layout, box, len(inits), title)
+    geo = _geometry(layout, box, len(inits), title, y_labels)
     width, height = geo.size
     if width > max_side or height > max_side or width * height > max_pixels:
         scale = min(max_side / width, max_side / height, math.sqrt(max_pixels / (width * height)))
@@ -578,19 +803,19 @@ def grid_image(
         cells_x = px + geo.label_w
         y_text = py
         if layout.z:
-            draw.text((cells_x, y_text), _fit_text(bold, _z_title(layout, zi), nx * cell_w), fill=ink, font=bold)
+            draw.text((cells_x, y_text), _fit_text(bold, f"{z}={z_labels[zi]}", nx * cell_w), fill=ink, font=bold)
             y_text += line
         # axis titles: x centred over the columns, y in the corner above the row labels
         x_title = _fit_text(bold, x, nx * cell_w)
         draw.text((cells_x + (nx * cell_w - bold.getlength(x_title)) / 2, y_text), x_title, fill=ink, font=bold)
         draw.text((px, y_text + line), _fit_text(bold, y, geo.label_w - pad), fill=ink, font=bold)
         y_text += line
-        for xi, value in enumerate(layout.x_values):
-            text = _fit_text(font, format_value(value, ellipsis="..."), cell_w - pad)
+        for xi, label in enumerate(x_labels):
+            text = _fit_text(font, label, cell_w - pad)
             draw.text((cells_x + xi * cell_w + (cell_w - font.getlength(text)) / 2, y_text), text, fill=ink, font=font)
         cells_y = py + geo.header_h
-        for yi, value in enumerate(layout.y_values):
-            text = _fit_text(font, format_value(value, ellipsis="..."), geo.label_w - pad)
+        for yi, label in enumerate(y_labels):
+            text = _fit_text(font, label, geo.label_w - pad)
             draw.text((cells_x - pad - font.getlength(text), cells_y + yi * (box[1] + geo.gutter) + box[1] // 2 - line // 2), text, fill=ink, font=font)
         tiles, _ = _tiles(result, layout, zi, box, geo.gutter, font=font)
         canvas.paste(_mosaic(tiles, ny, nx), (cells_x, cells_y))

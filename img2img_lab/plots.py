@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .errors import ValidationError
-from .grid import _axis_values, _norm, filter_rows, format_value, is_metric_column
+from .grid import _axis_values, _norm, filter_rows, is_metric_column, value_labels
 
 # What a higher value means, for the y-axis label.
 _READING = {
@@ -53,14 +53,16 @@ def plot_tradeoff(
         title: figure title; default ``"<y> vs <x>"``.
 
     Returns:
-        A `matplotlib.figure.Figure`.
+        A `matplotlib.figure.Figure` (not attached to pyplot; in a notebook it displays itself
+        when it is the cell's last value, or save it with ``fig.savefig(...)``).
 
     Example:
         >>> result = lab.add_metrics(result, ["ssim"])
         >>> lab.plot_tradeoff(result, x="strength", y="ssim", hue="guidance_scale")
     """
     from matplotlib import colormaps
-    from matplotlib.figure import Figure
+
+    from .figures import LabFigure
 
     # 1. validate
     df = result.df
@@ -108,8 +110,11 @@ def plot_tradeoff(
         cmap = colormaps["tab10"]
         colors = [cmap(i % 10) for i in range(len(hue_values))]
 
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = LabFigure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
+    # legend entries and category ticks: URLs, paths and hub ids by their short names
+    hue_labels = value_labels(hue, hue_values) if hue else [None]
+    style_labels = value_labels(style, style_values) if style else [None]
     hue_key = df[hue].map(_norm) if hue else None
     style_key = df[style].map(_norm) if style else None
     for hi_, hv in enumerate(hue_values):
@@ -126,7 +131,7 @@ def plot_tradeoff(
             ys = part[y].to_numpy(dtype=float)
             order = sorted(set(xs))
             mean = np.array([ys[xs == p].mean() for p in order])
-            label = ", ".join(format_value(v) for v, col in ((hv, hue), (sv, style)) if col)
+            label = ", ".join(text for text, col in ((hue_labels[hi_], hue), (style_labels[si], style)) if col)
             ax.plot(order, mean, color=colors[hi_], linestyle=_LINESTYLES[si % len(_LINESTYLES)],
                     marker=_MARKERS[si % len(_MARKERS)], label=label or None)
             if spread == "band" and len(order) > 1:
@@ -138,7 +143,7 @@ def plot_tradeoff(
 
     # 5. labels
     if not numeric_x:
-        ax.set_xticks(range(len(x_values)), [format_value(v) for v in x_values])
+        ax.set_xticks(range(len(x_values)), value_labels(x, x_values))
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} ({_READING[y]})" if y in _READING else y)
     ax.grid(True, alpha=0.3)

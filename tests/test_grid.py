@@ -1,13 +1,24 @@
-"""plot_grid / grid_image: labels, panels, placeholders, filtering, size limits and errors."""
+"""plot_grid / grid_image: labels, panels, placeholders, filtering, sizes, limits, errors, and
+how the figures display in a real Jupyter kernel."""
 
+import io
+import os
+
+import nbclient
+import nbformat
 import numpy as np
 import pytest
 from _fake_sweep import make_fake_sweep
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
+import img2img_lab.grid as grid_module
 from img2img_lab.errors import ValidationError
-from img2img_lab.grid import filter_rows, format_value, grid_image, grid_layout, plot_grid
+from img2img_lab.figures import LabFigure
+from img2img_lab.grid import (cell_message, filter_rows, format_value, grid_image, grid_layout, plot_grid,
+                              value_labels)
+from img2img_lab.metrics import add_metrics
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +46,31 @@ def placeholders(fig: Figure) -> list[str]:
     return [t.get_gid().split(":", 1)[1] for ax in fig.axes for t in ax.texts if (t.get_gid() or "").startswith("placeholder:")]
 
 
+def placeholder_texts(fig: Figure) -> list[str]:
+    """What the placeholder cells say, line breaks undone."""
+    return [" ".join(t.get_text().split()) for ax in fig.axes for t in ax.texts
+            if (t.get_gid() or "").startswith("placeholder:")]
+
+
+@pytest.fixture
+def drawn_texts(monkeypatch):
+    """Every string `grid_image` draws with PIL (lines of multi-line text included)."""
+    texts = []
+    real_text, real_multiline = ImageDraw.ImageDraw.text, ImageDraw.ImageDraw.multiline_text
+
+    def text(self, xy, value, *args, **kwargs):
+        texts.append(value)
+        return real_text(self, xy, value, *args, **kwargs)
+
+    def multiline_text(self, xy, value, *args, **kwargs):
+        texts.append(value)
+        return real_multiline(self, xy, value, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "multiline_text", multiline_text)
+    return texts
+
+
 def test_plot_grid_labels_panels_and_placeholder(sweep):
     fig = plot_grid(sweep, x="strength", y="guidance_scale", z="negative_prompt")
     assert isinstance(fig, Figure)
@@ -47,6 +83,8 @@ def test_plot_grid_labels_panels_and_placeholder(sweep):
     assert len(image_artists(fig, "panel:")) == 2
     assert len(image_artists(fig, "init")) == 1
     assert placeholders(fig) == ["error"]
+    # the failed cell says why: its stored error
+    assert placeholder_texts(fig) == ["error: RuntimeError: fake failure for tests"]
     FigureCanvasAgg(fig).draw()  # renders headless
 
 
@@ -73,7 +111,10 @@ def test_plot_grid_missing_cells(tmp_path):
     (tmp_path / "s" / df.iloc[0]["image_path"]).unlink()
     result = type(result)(df=df, out_dir=result.out_dir)
     fig = plot_grid(result)
-    assert sorted(placeholders(fig)) == ["missing", "missing"]
+    # the dropped cell was never run; the other one lost its file
+    assert sorted(placeholders(fig)) == ["missing", "not run"]
+    texts = placeholder_texts(fig)
+    assert "not run" in texts and any(t.startswith("missing") for t in texts)
     image = grid_image(result, cell_size=64)
     assert image.size[0] > 3 * 64
 
@@ -154,7 +195,7 @@ def test_bad_arguments(sweep, kwargs, message):
 def test_format_value():
     assert format_value(0.75) == "0.75"
     assert format_value("") == '""'
-    assert format_value(None) == "None"
+    assert format_value(None) == "(none)" and format_value(float("nan")) == "(none)"
     assert format_value("a " * 40).endswith("…") and len(format_value("a " * 40)) == 28
     assert format_value("line\nbreak") == "line break"
 
@@ -199,3 +240,226 @@ def test_ambiguous_cell_hint_can_be_pasted(tmp_path):
     with pytest.raises(ValidationError) as info:
         plot_grid(result, x="strength", y="guidance_scale")
     assert "where={'negative_prompt': None}" in str(info.value) and "z='negative_prompt'" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# labels: short names for URLs, paths and hub ids; labels the caller gives; why a cell is empty
+
+INIT_URL = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/img2img-init.png"
+CAT_URL = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"
+
+
+def test_value_labels_short_names_stay_distinct():
+    assert value_labels("image", [INIT_URL, CAT_URL, "/data/in/cat.jpg", "astronaut"]) == [
+        "img2img-init.png", "cat.png", "cat.jpg", "astronaut"]
+    assert value_labels("model", ["stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/sdxl-turbo"]) == [
+        "stable-diffusion-v1-5", "sdxl-turbo"]
+    # two values with the same last part show as much of their paths as tells them apart
+    assert value_labels("image", ["https://a.org/x/init.png", "https://a.org/y/init.png", "init.png"]) == [
+        "x/init.png", "y/init.png", "init.png"]
+    assert value_labels("model", ["tiny/sd15", "sd15"]) == ["tiny/sd15", "sd15"]
+    # prompts are text, shortened as before, even with a slash in them
+    prompt = "a cat / a dog, detailed, 8k, cold color palette, muted colors"
+    (label,) = value_labels("negative_prompt", [prompt])
+    assert label == format_value(prompt) and label.endswith("…") and len(label) == 28
+    assert value_labels("negative_prompt", [None, ""]) == ["(none)", '""']
+    # a given label wins
+    assert value_labels("image", [INIT_URL, CAT_URL], {CAT_URL: "the cat"}) == ["img2img-init.png", "the cat"]
+
+
+@pytest.fixture(scope="module")
+def url_sweep(sweep):
+    """The module's sweep with its init image given as a URL and one more model on the x axis."""
+    df = sweep.df.assign(image=INIT_URL)
+    df = df[df.negative_prompt == ""]
+    other = df.assign(model="stable-diffusion-v1-5/stable-diffusion-v1-5", strength=0.3)
+    df = grid_module.pd.concat([df[df.strength == 0.3], other[other.guidance_scale == 1.0]], ignore_index=True)
+    return type(sweep)(df=df, out_dir=sweep.out_dir)
+
+
+def test_urls_and_hub_ids_read_as_short_names(url_sweep, drawn_texts):
+    fig = plot_grid(url_sweep, x="model", y="guidance_scale")
+    texts = all_texts(fig)
+    assert "sd15" in texts and "stable-diffusion-v1-5" in texts
+    assert "init image" in texts  # one init image: no name needed
+    fig = plot_grid(url_sweep, x="model", y="guidance_scale", labels={"model": {"tiny/sd15": "tiny"}})
+    assert "tiny" in all_texts(fig) and "sd15" not in all_texts(fig)
+    grid_image(url_sweep, x="model", y="guidance_scale", cell_size=128)
+    assert "sd15" in drawn_texts and "stable-diffusion-v1-5" in drawn_texts
+
+
+def test_init_images_named_by_short_names(tmp_path, drawn_texts):
+    result = make_fake_sweep(tmp_path / "s", image=["astronaut", "cat"], negative_prompt=[""], error_cell=None)
+    result = type(result)(df=result.df.assign(image=result.df.image.map({"astronaut": INIT_URL, "cat": CAT_URL})),
+                          out_dir=result.out_dir)
+    fig = plot_grid(result, z="image")
+    texts = all_texts(fig)
+    assert "image=img2img-init.png" in texts and "image=cat.png" in texts
+    assert "init image\nimg2img-init.png" in texts and "init image\ncat.png" in texts
+    # a flat {value: label} names the values of every axis and of the init images
+    fig = plot_grid(result, z="image", labels={CAT_URL: "cat", 0.3: "low"})
+    texts = all_texts(fig)
+    assert "image=cat" in texts and "init image\ncat" in texts and "low" in texts and "0.3" not in texts
+    grid_image(result, z="image", cell_size=128, labels={CAT_URL: "cat"})
+    assert "image=cat" in drawn_texts and "image=img2img-init.png" in drawn_texts
+    assert "init: cat" in drawn_texts
+
+
+def test_missing_negative_prompt_reads_none(tmp_path, drawn_texts):
+    result = make_fake_sweep(tmp_path / "s", negative_prompt=(None, "ugly"), error_cell=None)
+    fig = plot_grid(result, z="negative_prompt")
+    assert "negative_prompt=(none)" in all_texts(fig)
+    grid_image(result, z="negative_prompt", cell_size=64)
+    assert "negative_prompt=(none)" in drawn_texts
+    fig = plot_grid(result, z="negative_prompt", labels={"negative_prompt": {None: "no negative"}})
+    assert "negative_prompt=no negative" in all_texts(fig)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ("short", r"`labels` must be a dict.*str: 'short'"),
+        ({"sampler": {"a": "b"}}, r"`labels` names column 'sampler'"),
+        ({"strength": {0.123: "x"}}, r"`labels`: column 'strength' has no value 0.123; its values: \['0.3'"),
+        ({"strength": {0.3: 3}}, r"`labels`: the label of strength=0.3 must be a str, got int: 3"),
+        ({"strength": {0.3: "low"}, 0.6: "mid"}, r"not a mix"),
+        ({0.123: "x"}, r"`labels`: no value of the axes \['strength', 'guidance_scale', 'negative_prompt', 'image'\] is 0.123"),
+    ],
+)
+def test_bad_labels(sweep, labels, message):
+    with pytest.raises(ValidationError, match=message):
+        plot_grid(sweep, z="negative_prompt", labels=labels)
+    with pytest.raises(ValidationError, match=message):
+        grid_image(sweep, z="negative_prompt", labels=labels)
+
+
+def test_failed_cells_say_why(sweep, drawn_texts):
+    df = sweep.df.copy()
+    nan_row = (df.strength == 0.3) & (df.guidance_scale == 1.0) & (df.negative_prompt == "")
+    df.loc[nan_row, "status"] = "nan"
+    df = df[~((df.strength == 0.6) & (df.guidance_scale == 1.0) & (df.negative_prompt == ""))]  # not run
+    result = type(sweep)(df=df, out_dir=sweep.out_dir)
+    fig = plot_grid(result, where={"negative_prompt": ""})
+    assert sorted(placeholders(fig)) == ["error", "nan", "not run"]
+    assert sorted(placeholder_texts(fig)) == ["error: RuntimeError: fake failure for tests",
+                                             "nan: the output decoded to NaN (a black image)", "not run"]
+    grid_image(result, where={"negative_prompt": ""}, cell_size=256)
+    drawn = " ".join(" ".join(drawn_texts).split())
+    assert "error: RuntimeError: fake failure for tests" in drawn
+    assert "nan: the output decoded to NaN (a black image)" in drawn and "not run" in drawn
+
+
+def test_long_error_is_wrapped_to_fit_its_cell(sweep):
+    df = sweep.df.copy()
+    long_error = "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. " * 6
+    df.loc[df.status == "error", "error"] = long_error
+    result = type(sweep)(df=df, out_dir=sweep.out_dir)
+    assert cell_message(df[df.status == "error"].iloc[0], "error") == "error: " + " ".join(long_error.split())
+    fig = plot_grid(result, where={"negative_prompt": ""}, show_init=False)
+    (text,) = [t for ax in fig.axes for t in ax.texts if t.get_gid() == "placeholder:error"]
+    lines = text.get_text().split("\n")
+    assert len(lines) > 1 and lines[-1].endswith("…")  # wrapped, and cut where the cell ends
+    FigureCanvasAgg(fig).draw()
+    (panel,) = [ax for ax in fig.axes if ax.images]
+    cell = panel.get_window_extent()
+    box = text.get_window_extent()
+    assert box.width <= cell.width / 3 and box.height <= cell.height / 2  # inside one of 3 x 2 cells
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes: small grids at full size, large ones within max_figsize
+
+
+def _square_sweep(path, n: int, size: int):
+    return make_fake_sweep(path, strength=[round(0.05 * (i + 1), 2) for i in range(n)],
+                           guidance_scale=[float(i + 1) for i in range(n)], negative_prompt=[""], size=size,
+                           error_cell=None)
+
+
+def _panel_px(fig) -> tuple[float, float, Image.Image]:
+    """The panel's size in pixels of the PNG the notebook shows, and that PNG."""
+    png = Image.open(io.BytesIO(fig._repr_png_()))
+    (panel,) = [ax for ax in fig.axes if image_artists(fig, "panel:")[0] in ax.images]
+    box = panel.get_window_extent()  # display pixels at the figure's dpi, as drawn for the PNG
+    return box.width, box.height, png
+
+
+@pytest.mark.parametrize("n, size, cell", [(1, 64, 256), (1, 512, 512), (2, 64, 256), (3, 64, 256), (2, 300, 300)],
+                         ids=["1x1-64px", "1x1-512px", "2x2-64px", "3x3-64px", "2x2-300px"])
+def test_small_grids_show_cells_at_full_size(tmp_path, n, size, cell):
+    fig = plot_grid(_square_sweep(tmp_path / "s", n, size))
+    width, height, png = _panel_px(fig)
+    assert abs(width - n * cell) <= 0.02 * n * cell and abs(height - n * cell) <= 0.02 * n * cell
+    assert png.width > width and png.height > height  # the PNG holds the panel and its labels
+    assert png.width < width + 3 * cell + 200  # init column, labels: no slack around
+
+
+def test_thumb_sets_the_cell_size(tmp_path):
+    fig = plot_grid(_square_sweep(tmp_path / "s", 2, 64), thumb=100)
+    width, height, _ = _panel_px(fig)
+    assert abs(width - 200) <= 4 and abs(height - 200) <= 4
+    for bad in (4, 2.5, True):
+        with pytest.raises(ValidationError, match=rf"`thumb` must be None or an int.*got {bad!r}"):
+            plot_grid(_square_sweep(tmp_path / "s", 2, 64), thumb=bad)
+    with pytest.raises(ValidationError, match=r"`max_figsize` must be \(width, height\).*\(10, -1\)"):
+        plot_grid(_square_sweep(tmp_path / "s", 2, 64), max_figsize=(10, -1))
+
+
+def test_large_grid_shrinks_to_max_figsize(tmp_path):
+    fig = plot_grid(_square_sweep(tmp_path / "s", 12, 64), max_figsize=(16, 12))
+    width, height, png = _panel_px(fig)
+    fig_w, fig_h = fig.get_size_inches()
+    assert fig_w <= 16 and fig_h <= 12
+    assert png.width <= 16 * fig.dpi + 40 and png.height <= 12 * fig.dpi + 40  # tight bbox pads a little
+    assert 64 <= width / 12 < 256 and 64 <= height / 12 < 256  # smaller cells, still readable
+    assert abs(height - 12 * fig.dpi * 0.8) < 12 * fig.dpi * 0.2  # and the figure's height is used
+
+
+# ----------------------------------------------------------------------------------------------
+# display in Jupyter: one picture per figure, whatever the kernel's matplotlib set-up
+
+
+@pytest.fixture(scope="module")
+def measured_folder(tmp_path_factory):
+    result = make_fake_sweep(tmp_path_factory.mktemp("shown") / "s")
+    add_metrics(result, ["ssim"], progress=False)
+    return result.out_dir
+
+
+def test_figures_render_as_png_like_the_inline_backend(sweep):
+    fig = plot_grid(sweep, z="negative_prompt")
+    assert isinstance(fig, LabFigure)
+    png = Image.open(io.BytesIO(fig._repr_png_()))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    assert png.size == Image.open(buffer).size
+    assert LabFigure()._repr_png_() is None  # like IPython's printer: nothing for an empty figure
+
+
+SETUPS = {
+    "fresh kernel": "import img2img_lab as lab",
+    "%matplotlib inline": "%matplotlib inline\nimport img2img_lab as lab",
+    "pyplot imported": "import img2img_lab as lab\nimport matplotlib.pyplot as plt",
+}
+FIGURE_CELLS = [
+    "lab.plot_grid(res, z='negative_prompt')",
+    "lab.plot_tradeoff(res, x='strength', y='ssim', hue='guidance_scale')",
+    "display(lab.plot_grid(res, where={'negative_prompt': ''}))",
+]
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_figures_show_once_in_a_kernel(measured_folder, tmp_path, setup):
+    cells = [f"{SETUPS[setup]}\nres = lab.load_sweep({str(measured_folder)!r})", *FIGURE_CELLS]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    # The kernel picks its matplotlib backend as in JupyterLab (the tests' MPLBACKEND=Agg left out).
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=env)
+    for cell in nb.cells[1:]:
+        pngs = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        text_only = [o for o in cell.outputs if set(o.get("data", {})) == {"text/plain"}]
+        assert len(pngs) == 1, (setup, cell.source, cell.outputs)
+        assert text_only == [], (setup, cell.source, text_only)
+        assert Image.open(io.BytesIO(__import__("base64").b64decode(pngs[0]["data"]["image/png"]))).width > 200
