@@ -69,3 +69,22 @@ def test_bad_arguments(measured):
         plot_tradeoff(measured, spread="violin")
     with pytest.raises(ValidationError, match=r"no finite values"):
         plot_tradeoff(measured, where={"status": "error"})
+
+
+def test_figure_shows_itself_as_png_and_hub_ids_read_short(measured):
+    import io
+
+    from PIL import Image
+
+    from img2img_lab.figures import LabFigure
+
+    df = measured.df.assign(model=measured.df.seed.map({0: "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                                        1: "stabilityai/sdxl-turbo"}))
+    result = type(measured)(df=df, out_dir=measured.out_dir)
+    fig = plot_tradeoff(result, x="strength", y="ssim", hue="model")
+    assert isinstance(fig, LabFigure)
+    assert Image.open(io.BytesIO(fig._repr_png_())).format == "PNG"
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["stable-diffusion-v1-5", "sdxl-turbo"]
+    fig = plot_tradeoff(result, x="model", y="ssim", hue=None)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["stable-diffusion-v1-5", "sdxl-turbo"]
