@@ -1,41 +1,35 @@
 """The guide's notebooks: their shape as committed, and each one run headless on the tiny models."""
 
 import ast
+import os
 import subprocess
 import sys
+import time
+import tomllib
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
 
 import img2img_lab as lab
+from img2img_lab.reports import COMPANIONS, NOTEBOOK_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["01_quickstart", "02_parameters", "03_chaining", "04_control", "05_sweep_report"]
 PATHS = [ROOT / "notebooks" / f"{n}.ipynb" for n in NAMES]
 KNOBS = {"offload", "attention", "compile"}
-TINY = dict(num_inference_steps=4, height=64, width=64)
+# Each notebook must run on a tiny model within this on a 2-core CPU (they take ~10-15 s here).
+BUDGET_S = 180
 
 
 def _tiny_parameters(name: str, out_dir: Path) -> dict:
-    """The tiny models and sizes each notebook runs with offline (< ~60 s each on two cores)."""
-    return {
-        "01_quickstart": dict(model="tiny/sd15", kandinsky_model="tiny/kandinsky22", refiner_model="tiny/sdxl-refiner",
-                              cat_image="cat", image="astronaut", refiner_image="astronaut",
-                              prior_num_inference_steps=2, out_dir=str(out_dir), **TINY),
-        "02_parameters": dict(model="tiny/sd15", refiner_model="tiny/sdxl-refiner", image="astronaut",
-                              refiner_image="astronaut", strength=[0.4, 1.0], guidance_scale=[1.0, 8.0],
-                              negative_prompt=[None, "jungle"], out_dir=str(out_dir),
-                              **{**TINY, "num_inference_steps": 3}),
-        "03_chaining": dict(model="tiny/sd15", kandinsky_model="tiny/kandinsky22", comic_model="tiny/sd15",
-                            pixel_model="tiny/sd15", x2_upscaler_model="tiny/sd-x2-latent-upscaler",
-                            x4_upscaler_model="tiny/sd-x4-upscaler", image="astronaut", size=64,
-                            prior_num_inference_steps=2, **TINY),
-        # load_pipeline takes a ControlNet as a hub id or folder: the tiny one by its folder
-        "04_control": dict(model="tiny/sd15", controlnet_model=str(lab.tiny_model_path("tiny/controlnet-sd15")),
-                           style_model="tiny/sd15", image="astronaut", control_image="cat", size=[64, 64],
-                           num_inference_steps=3),
-    }[name]
+    """Only `model` changed: every companion, image, step count and size follows it (and out_dir)."""
+    return {"model": "tiny/sd15", **({"out_dir": str(out_dir)} if name in ("01_quickstart", "02_parameters") else {})}
+
+
+def _repository() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 
 
 def _parameters_cells(nb):
@@ -58,8 +52,11 @@ def test_committed_shape(path):
     assert all("  # " in line for line in cell.source.splitlines() if line.strip())
     names = {node.targets[0].id for node in tree.body}
     assert KNOBS <= names and "model" in names
-    assert ast.literal_eval(tree.body[[n.targets[0].id for n in tree.body].index("model")].value).startswith(
-        "stable-diffusion-v1-5/")
+    model = ast.literal_eval(tree.body[[n.targets[0].id for n in tree.body].index("model")].value)
+    if path.stem == "05_sweep_report":  # None: the spec's model, else the guide's SD v1.5
+        assert model is None and NOTEBOOK_DEFAULTS["05_sweep_report"]["model"][0].startswith("stable-diffusion-v1-5/")
+    else:
+        assert model.startswith("stable-diffusion-v1-5/")
     # no outputs
     for c in nb.cells:
         if c.cell_type == "code":
@@ -72,6 +69,92 @@ def test_committed_shape(path):
     # the cell right after the parameters cell checks them
     index = nb.cells.index(cell)
     assert "check_parameters(globals()" in nb.cells[index + 1].source
+
+
+@pytest.mark.parametrize("path", PATHS, ids=NAMES)
+def test_badge_and_install_cell_use_the_pyproject_repository_url(path):
+    url = _repository()
+    owner_name = url.removeprefix("https://github.com/")
+    nb = nbformat.read(path, as_version=4)
+    assert f"https://colab.research.google.com/github/{owner_name}/blob/main/notebooks/{path.name}" in nb.cells[0].source
+    assert f"git+{url}@main" in nb.cells[1].source
+    text = path.read_text(encoding="utf-8")
+    assert "OWNER" not in text
+    # every GitHub repository URL in the notebook is pyproject's
+    for found in {w.split("@")[0].split("/blob/")[0] for w in text.replace("(", " ").replace('"', " ").split()
+                  if w.startswith(("https://github.com/", "git+https://github.com/"))}:
+        assert found.removeprefix("git+") == url, found
+
+
+def test_make_notebooks_stamps_the_pyproject_url(tmp_path):
+    """The URL lives only in pyproject.toml: make_notebooks reads it (a different URL, different notebooks)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import make_notebooks
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    other = tmp_path / "pyproject.toml"
+    other.write_text('[project]\nname = "img2img_lab"\n[project.urls]\nRepository = "https://github.com/someone/fork"\n')
+    assert make_notebooks.repository_url(other) == "https://github.com/someone/fork"
+    assert make_notebooks.REPOSITORY == _repository()
+    other.write_text('[project]\nname = "img2img_lab"\n')
+    with pytest.raises(SystemExit, match="Repository"):
+        make_notebooks.repository_url(other)
+
+
+def _run_setup_cell(monkeypatch, cwd: Path) -> list:
+    """Run the notebooks' first code cell as Colab would, recording the magics instead of running them."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    calls = []
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append(("widgets",)))
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.chdir(cwd)
+    source = nbformat.read(PATHS[0], as_version=4).cells[1].source
+    shell = types.SimpleNamespace(run_line_magic=lambda name, line: calls.append((name, line)))
+    code = TransformerManager().transform_cell(source)
+    namespace = {"get_ipython": lambda: shell}
+    # IPython expands {source} in a magic line; the transformed code passes the raw text
+    shell.run_line_magic = lambda name, line: calls.append((name, line.format(**namespace)))
+    exec(compile(code, "setup-cell", "exec"), namespace)
+    return calls
+
+
+def test_install_cell_prefers_a_wheel_then_a_clone_then_github(tmp_path, monkeypatch):
+    here = tmp_path / "clone" / "notebooks"
+    here.mkdir(parents=True)
+    monkeypatch.delenv("IMG2IMG_LAB_WHEEL", raising=False)
+    # nothing local: GitHub at pyproject's URL; the widget manager is enabled either way
+    calls = _run_setup_cell(monkeypatch, here)
+    assert ("pip", f'install -q "img2img_lab @ git+{_repository()}@main"') in calls and ("widgets",) in calls
+    # a clone of img2img_lab one level up (the notebook opened from its notebooks/ folder)
+    (here.parent / "pyproject.toml").write_text('[project]\nname = "img2img_lab"\n')
+    calls = _run_setup_cell(monkeypatch, here)
+    assert ("pip", f'install -q "{here.parent.resolve()}"') in calls
+    # a wheel in the current folder beats the clone; IMG2IMG_LAB_WHEEL beats both
+    (here / "img2img_lab-0.1.0-py3-none-any.whl").write_bytes(b"")
+    assert ("pip", 'install -q "img2img_lab-0.1.0-py3-none-any.whl"') in _run_setup_cell(monkeypatch, here)
+    monkeypatch.setenv("IMG2IMG_LAB_WHEEL", "/data/img2img_lab-0.2.0-py3-none-any.whl")
+    assert ("pip", 'install -q "/data/img2img_lab-0.2.0-py3-none-any.whl"') in _run_setup_cell(monkeypatch, here)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_none_parameters_are_documented_with_the_guide_and_tiny_values(name):
+    """Every parameter the notebook resolves is None in its cell, and its comment names the tiny value."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    (cell,) = _parameters_cells(nb)
+    lines = {line.split(" = ")[0]: line for line in cell.source.splitlines()}
+    for parameter, (guide, tiny) in NOTEBOOK_DEFAULTS[name].items():
+        line = lines[parameter]
+        assert line.startswith(f"{parameter} = None  # "), line
+        if tiny != guide:
+            assert repr(tiny) in line and "tiny" in line, line
+        if parameter in COMPANIONS and name != "05_sweep_report":
+            assert repr(COMPANIONS[parameter][0]) in line, line  # the guide's checkpoint, by name
+        if tiny != guide:  # the first markdown cell names what tiny models change
+            assert f"`{parameter}` {tiny!r}" in nb.cells[0].source
 
 
 def test_generated_and_package_copies_are_up_to_date():
@@ -89,16 +172,19 @@ def test_generated_and_package_copies_are_up_to_date():
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    """Each guide notebook run once under papermill on the tiny models (shared by the tests)."""
+    """Each notebook run once under papermill, offline, with only `-p model tiny/sd15` (shared by the tests)."""
     import papermill
 
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # the kernels inherit it: no hub, no downloads
     folder = tmp_path_factory.mktemp("notebooks")
     out = {}
-    for name in NAMES[:4]:
+    for name in NAMES:
         path = folder / f"{name}.ipynb"
-        papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(path),
+        start = time.perf_counter()
+        papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(path), cwd=str(folder),
                                    parameters=_tiny_parameters(name, folder / name), progress_bar=False)
         out[name] = nbformat.read(path, as_version=4)
+        out[name].metadata["wall_s"] = time.perf_counter() - start
     return out
 
 
@@ -113,10 +199,11 @@ def _outputs(nb, kind):
     return found
 
 
-@pytest.mark.parametrize("name", NAMES[:4])
+@pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_headless_on_tiny_models(executed, name):
     nb = executed[name]
     assert nb.metadata["papermill"]["exception"] is None
+    assert nb.metadata["wall_s"] < BUDGET_S, f"{name} took {nb.metadata['wall_s']:.0f} s on a tiny model"
     assert len(_outputs(nb, "image/png")) >= 2  # grids and pictures render as images
     # the injected parameters follow the parameters cell and were checked
     (cell,) = _parameters_cells(nb)
@@ -132,13 +219,65 @@ def test_sweeps_and_explorer_state_are_stored(executed, name):
     assert "application/vnd.jupyter.widget-state+json" in nb.metadata["widgets"]
 
 
-def test_02_sweeps_hold_the_guide_grid(executed):
+def test_02_sweeps_hold_the_guide_grid_at_tiny_sizes(executed):
     folder = Path(executed["02_parameters"].metadata["papermill"]["parameters"]["out_dir"])
     combined = lab.load_sweep(folder / "combined")
-    assert len(combined.df) == 8 and set(combined.swept) == {"strength", "guidance_scale", "negative_prompt"}
+    assert len(combined.df) == 4 * 4 * 3 and set(combined.swept) == {"strength", "guidance_scale", "negative_prompt"}
     assert {"ssim", "psnr", "mean_abs_change"} <= set(combined.df.columns)
+    # tiny: 4 steps at 64 px, unless the user sets them; the companion followed `model`
+    assert set(combined.df["num_inference_steps"]) == {4} and set(combined.df["width"]) == {64}
+    assert set(combined.df["image"]) == {"astronaut"}
     negative = lab.load_sweep(folder / "negative_prompt")
     assert set(negative.df["model"]) == {"tiny/sdxl-refiner"} and set(negative.df["strength"]) == {0.5}
+
+
+def test_01_model_comparison_grid_has_no_missing_cells(executed):
+    from img2img_lab.grid import grid_layout
+
+    nb = executed["01_quickstart"]
+    folder = Path(nb.metadata["papermill"]["parameters"]["out_dir"])
+    comparison = lab.load_sweep(folder / "model_comparison")
+    assert set(comparison.df["model"]) == {"tiny/sd15", "tiny/sdxl-refiner", "tiny/kandinsky22"}
+    assert set(comparison.df["status"]) == {"ok"} and set(comparison.df["height"]) == {64}
+    plot = next(c.source for c in nb.cells if "plot_grid(comparison" in c.source)
+    x, y = (ast.literal_eval(kw.value) for kw in ast.parse(plot).body[0].value.keywords[:2])
+    layout = grid_layout(comparison, x, y)
+    assert layout.shape == (1, 1, 3) and len(layout.cells) == 3  # one row, a picture per model
+    # on the guide's defaults too: SD v1.5 and Kandinsky on one image, the refiner on its own
+    guide = comparison.df.assign(model=["sd15", "refiner", "kandinsky"], image=["init", "sdxl-init", "init"])
+    layout = grid_layout(types.SimpleNamespace(df=guide, swept=["model", "image"]), x, y)
+    assert layout.shape == (1, 1, 3) and len(layout.cells) == 3
+
+
+def test_tables_show_missing_text_as_none(executed):
+    nb = executed["02_parameters"]
+    negative = next(c for c in nb.cells if "by_negative.table(" in c.source)
+    html = next(o for o in negative.outputs if "text/html" in o.get("data", {})).data["text/html"]
+    assert "(none)" in html  # the row without a negative prompt
+
+
+def test_05_in_place_takes_its_hand_edited_cell_over_the_spec(tmp_path):
+    """JupyterLab: kernel cwd notebooks/, `spec = "sweeps/strength.yaml"` and the same cell's edits win."""
+    import papermill
+
+    nb = nbformat.read(ROOT / "notebooks" / "05_sweep_report.ipynb", as_version=4)
+    (cell,) = _parameters_cells(nb)
+    edits = {"spec": "sweeps/strength.yaml", "model": "tiny/sd15", "image": "astronaut", "seed": 3,
+             "out_dir": str(tmp_path / "sweep")}
+    cell.source = "\n".join(
+        f"{line.split(' = ')[0]} = {edits[line.split(' = ')[0]]!r}  # edited" if line.split(" = ")[0] in edits else line
+        for line in cell.source.splitlines())
+    edited = tmp_path / "edited.ipynb"
+    nbformat.write(nb, edited)
+    papermill.execute_notebook(str(edited), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "notebooks"),
+                               progress_bar=False)
+    df = lab.load_sweep(tmp_path / "sweep").df
+    assert set(df["model"]) == {"tiny/sd15"} and set(df["image"]) == {"astronaut"} and set(df["seed"]) == {3}
+    assert sorted(df["strength"]) == [0.4, 0.6, 0.8, 1.0]  # not set in the cell: the spec's
+    assert set(df["num_inference_steps"]) == {50} and set(df["width"]) == {64}  # the spec's steps; tiny size
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
+    assert printed.count("tiny models run at 64x64 px") == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +299,7 @@ def _run_failing(tmp_path, name, parameters):
 
 def test_unknown_parameter_fails_in_the_check_cell(tmp_path):
     error, failing, nb = _run_failing(tmp_path, "02_parameters", {"model": "tiny/sd15", "strenght": 0.5})
-    assert "check_parameters(globals())" in failing.source and error.ename == "ValidationError"
+    assert "check_parameters(globals()" in failing.source and error.ename == "ValidationError"
     assert "`strenght`" in error.evalue and "did you mean 'strength'" in error.evalue
     # nothing after it ran
     later = nb.cells[nb.cells.index(failing) + 1:]
@@ -169,5 +308,5 @@ def test_unknown_parameter_fails_in_the_check_cell(tmp_path):
 
 def test_bad_value_fails_in_the_check_cell(tmp_path):
     error, failing, _ = _run_failing(tmp_path, "02_parameters", {"model": "tiny/sd15", "strength": [0.5, 1.2]})
-    assert "check_parameters(globals())" in failing.source
+    assert "check_parameters(globals()" in failing.source
     assert "`strength` must be in [0, 1], got 1.2" in error.evalue
