@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import io
 import numbers
+from contextlib import contextmanager
 
 import ipywidgets as widgets
 import numpy as np
@@ -27,6 +28,23 @@ NO_AXIS = "(none)"  # y option for a one-row grid
 # Row columns that are not keywords of the pipeline call (they go to load_pipeline, load_image, the generator).
 _NOT_CALL = frozenset({"model", "image", "seed", "scheduler", "compel"})
 _RANKED_ROWS = 10
+# On-screen sizes. Every image is shown at a set size (CSS object-fit), whatever its pixel size, so
+# a 3x3 sweep's explorer fits one 1280x800 JupyterLab view with 64 px and with 1024 px images.
+MAX_WIDTH = "1100px"  # a JupyterLab output area at 1280 px window width
+DETAIL_SIDE = 240  # px, the selected image and the init image
+DETAIL_MIN_WIDTH = "300px"  # the details column never gets narrower than this
+_DETAIL_PIXELS = 512  # detail PNGs are shrunk to this side before they are sent to the browser
+_BUTTON_HEIGHT = "24px"
+_LABEL_COLUMN = "10em"  # the grid's first column: the corner and the y values
+_TAB_PADDING = 34  # px, a Tab panel's padding and border (ipywidgets' CSS)
+_LONG_WORD = 40  # longer unbroken runs in a parameter value are shortened (full text in a tooltip)
+_TH_STYLE = "text-align:left;vertical-align:top;padding:1px 1em 1px 0;white-space:nowrap;line-height:1.35"
+_TD_STYLE = "text-align:left;vertical-align:top;padding:1px 0;white-space:pre-wrap;line-height:1.35"
+# Shown in the parameter table even when constant: what the image is of.
+_ALWAYS_SHOWN = ("model", "prompt")
+# Folded under "run details" in the parameter table.
+_RUN_DETAILS = ("status", "key", "width", "height", "pipeline_class", "scheduler_class", "dtype", "device",
+                "seconds", "batch_size", "image_requested")
 # DOM classes, for styling and for the browser tests.
 CSS = {
     "root": "img2img-lab-explorer",
@@ -37,6 +55,9 @@ CSS = {
     "init": "img2img-lab-init",
     "params": "img2img-lab-params",
     "code": "img2img-lab-code",
+    "corner": "img2img-lab-corner",
+    "details": "img2img-lab-details",
+    "tabs": "img2img-lab-tabs",
 }
 
 
@@ -170,14 +191,47 @@ def code_snippet(result, which) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _value_html(text: str) -> str:
+    """Escaped text for a table cell, wrapped only where a reader expects it.
+
+    Text wraps at spaces and is never broken mid-word. A path or URL too long for a line may also
+    wrap after each "/"; any other unbroken run longer than `_LONG_WORD` characters is shortened,
+    with the whole text in the cell's tooltip.
+    """
+    if max((len(word) for word in text.split()), default=0) <= _LONG_WORD:
+        return html.escape(text)
+    if "/" in text:
+        return "/<wbr>".join(html.escape(part) for part in text.split("/"))
+    short = " ".join(w if len(w) <= _LONG_WORD else w[: _LONG_WORD - 1] + "…" for w in text.split(" "))
+    return f"<span title='{html.escape(text, quote=True)}'>{html.escape(short)}</span>"
+
+
 def _table_html(pairs, css_class: str) -> str:
-    """An HTML table of (name, value) pairs, every name and value escaped."""
+    """An HTML table of (name, value) pairs, one pair a line, every name and value escaped."""
     rows = "".join(
-        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
-        f"<td style='white-space:pre-wrap;word-break:break-word'>{html.escape(str(v))}</td></tr>"
+        f"<tr><th style='{_TH_STYLE}'>{html.escape(str(k))}</th>"
+        f"<td style='{_TD_STYLE}'>{_value_html(str(v))}</td></tr>"
         for k, v in pairs
     )
-    return f"<table class='{css_class}'>{rows}</table>"
+    return f"<table class='{css_class}' style='border-collapse:collapse'>{rows}</table>"
+
+
+def _folded_html(summary: str, pairs, css_class: str) -> str:
+    """A table behind a closed `<details>` (empty when there is nothing to fold)."""
+    if not pairs:
+        return ""
+    return (f"<details><summary style='cursor:pointer'>{html.escape(summary)}</summary>"
+            f"{_table_html(pairs, css_class)}</details>")
+
+
+def _corner_html(x, y) -> str:
+    """The grid's corner: which column runs across (→) and which down (↓)."""
+    def name(column):  # long names may wrap after an underscore, never elsewhere
+        return "_<wbr>".join(html.escape(part) for part in str(column).split("_"))
+
+    across = f"<div style='text-align:right'>{name(x)}&nbsp;→</div>" if x else ""
+    down = f"<div>{name(y)}&nbsp;↓</div>" if y else ""
+    return f"<div class='{CSS['corner']}' style='line-height:1.3'>{across}{down}</div>"
 
 
 def _value_text(value) -> str:
@@ -196,11 +250,18 @@ def _value_text(value) -> str:
 class Explorer(widgets.VBox):
     """The sweep explorer widget; build it with `explore`.
 
+    Layout (it fits one 1280x800 JupyterLab view for a 3x3 sweep, whatever the image size): the
+    axis dropdowns and fixed-value sliders on top, a message line, then a `Tab` (the grid, the
+    ranked list with sort and filter, the reproducing code) beside the details column (selected
+    and init image, parameters one a line with the constant ones folded, metrics).
+
     Attributes (the parts, for tests and for embedding elsewhere): `x_axis`, `y_axis` (axis
     dropdowns), `fixed` (column -> slider or dropdown of each other swept column), `grid`
     (`GridBox` of edge labels and cells), `cells` (the cell widgets in grid order, each a `VBox`
     of an `Image` and a "select" `Button`), `detail_image`, `init_image`, `params`, `metrics`,
-    `code`, `sort_by`, `ascending`, `query`, `message`, `ranked`; `selected` is the selected key.
+    `code`, `code_box`, `sort_by`, `ascending`, `query`, `message`, `ranked`, `tabs`, `details`;
+    `selected` is the selected key. The selection follows its image (its key) through sorting,
+    filtering and axis changes; a filter that hides it says so in `message`.
     """
 
     def __init__(self, result, x=None, y=None, *, thumb: int = 128):
@@ -222,14 +283,20 @@ class Explorer(widgets.VBox):
         self.selected = None
         self._thumbs: dict = {}
         self._rows_shown = df  # rows passing the filter
+        self._syncing = False  # True while the explorer itself sets widget values
+        self._ranked_text = ""
 
         # 2. axis choice: preferred axes if swept, else the first two swept columns
         preferred = [c for c in PREFERRED_AXES if c in swept] + [c for c in swept if c not in PREFERRED_AXES]
         x = x or (preferred[0] if preferred else None)
         y = y or next((c for c in preferred if c != x), None)
         options = swept or [NO_AXIS]
-        self.x_axis = widgets.Dropdown(options=options, value=x or NO_AXIS, description="x")
-        self.y_axis = widgets.Dropdown(options=[NO_AXIS] + swept, value=y or NO_AXIS, description="y")
+        axis_layout = {"width": "max-content", "max_width": "260px"}
+        self.x_axis = widgets.Dropdown(options=options, value=x or NO_AXIS, description="x",
+                                       layout=widgets.Layout(**axis_layout), style={"description_width": "1.5em"})
+        self.y_axis = widgets.Dropdown(options=[NO_AXIS] + swept, value=y or NO_AXIS, description="y",
+                                       layout=widgets.Layout(**axis_layout), style={"description_width": "1.5em"})
+        self._axes = (self.x, self.y)
         self.fixed = {}
         for column in swept:
             values = _axis_values(df[column])
@@ -237,44 +304,54 @@ class Explorer(widgets.VBox):
             numeric = all(isinstance(_plain(v), numbers.Real) and not _is_null(v) for v in values)
             control = (widgets.SelectionSlider if numeric else widgets.Dropdown)(
                 options=labelled, value=0, description=column, continuous_update=False,
-                style={"description_width": "initial"},
+                style={"description_width": "initial"}, layout=widgets.Layout(max_width="360px"),
             )
             control._values = values
             control.observe(self._on_change, names="value")
             self.fixed[column] = control
         self.fixed_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
 
-        # 3. grid and detail
-        self.grid = widgets.GridBox(layout=widgets.Layout(grid_gap="4px", align_items="center"))
+        # 3. grid and details; every image has a set on-screen size, whatever its pixel size
+        self.grid = widgets.GridBox(layout=widgets.Layout(grid_gap="4px", align_items="center", width="100%"))
         self.cells: list = []
         self._headers: list = []
-        self.detail_image = widgets.Image(format="png")
+        side = f"{DETAIL_SIDE}px"
+        # a set box (narrower where the column is), the picture scaled into it keeping its aspect
+        image_layout = {"width": side, "max_width": "100%", "height": "auto", "max_height": side,
+                        "object_fit": "contain"}
+        self.detail_image = widgets.Image(format="png", layout=widgets.Layout(**image_layout))
         self.detail_image.add_class(CSS["detail"])
-        self.init_image = widgets.Image(format="png")
+        self.init_image = widgets.Image(format="png", layout=widgets.Layout(**image_layout))
         self.init_image.add_class(CSS["init"])
-        self.params = widgets.HTML()
+        self.params = widgets.HTML(layout=widgets.Layout(width="100%"))
         self.params.add_class(CSS["params"])
-        self.metrics = widgets.HTML()
-        self.code = widgets.Textarea(layout=widgets.Layout(width="100%", height="14em"))
+        self.metrics = widgets.HTML(layout=widgets.Layout(width="100%"))
+        # the snippet has its own tab: however long, it never makes the explorer taller
+        self.code = widgets.Textarea(layout=widgets.Layout(width="100%", height="26em"))
         self.code.add_class(CSS["code"])
-        detail = widgets.VBox([
+        self.code_box = widgets.VBox([widgets.Label("code that reproduces the selected image:"), self.code],
+                                     layout=widgets.Layout(width="100%"))
+        figure = {"flex": "1 1 0%", "min_width": "0", "align_items": "center"}
+        self.details = widgets.VBox([
             widgets.HBox([
-                widgets.VBox([widgets.Label("selected"), self.detail_image]),
-                widgets.VBox([widgets.Label("init image"), self.init_image]),
-                widgets.VBox([self.params, self.metrics]),
-            ]),
-            widgets.Label("code that reproduces this image:"),
-            self.code,
-        ])
+                widgets.VBox([widgets.Label("selected"), self.detail_image], layout=widgets.Layout(**figure)),
+                widgets.VBox([widgets.Label("init image"), self.init_image], layout=widgets.Layout(**figure)),
+            ], layout=widgets.Layout(width="100%")),
+            self.params,
+            self.metrics,
+        ], layout=widgets.Layout(flex="1 1 0%", min_width=DETAIL_MIN_WIDTH, overflow="hidden"))
+        self.details.add_class(CSS["details"])
 
-        # 4. sort and filter
+        # 4. sort and filter: the ranked list shares a Tab with the grid, so it adds no height
         metric_columns = [c for c in df.columns if is_metric_column(c)]
         sortable = swept + metric_columns + [c for c in df.columns if c not in swept and c not in metric_columns]
-        self.sort_by = widgets.Dropdown(options=sortable, value=(metric_columns or sortable)[0], description="sort by")
-        self.ascending = widgets.ToggleButton(value=True, description="ascending")
+        self.sort_by = widgets.Dropdown(options=sortable, value=(metric_columns or sortable)[0], description="sort by",
+                                        layout=widgets.Layout(width="max-content", max_width="260px"))
+        self.ascending = widgets.ToggleButton(value=True, description="ascending",
+                                              layout=widgets.Layout(width="8em"))
         self.query = widgets.Text(
             value="", placeholder="pandas query, e.g. strength > 0.5 and status == 'ok'",
-            description="filter", continuous_update=False, layout=widgets.Layout(width="32em"),
+            description="filter", continuous_update=False, layout=widgets.Layout(flex="1 1 16em", min_width="12em"),
         )
         self.message = widgets.HTML()
         self.ranked = widgets.Select(options=[], rows=_RANKED_ROWS, layout=widgets.Layout(width="100%"))
@@ -283,16 +360,21 @@ class Explorer(widgets.VBox):
         for control in (self.sort_by, self.ascending, self.query):
             control.observe(self._on_filter, names="value")
         self.ranked.observe(self._on_ranked, names="value")
+        self._ranked_panel = widgets.VBox([
+            widgets.HBox([self.sort_by, self.ascending, self.query], layout=widgets.Layout(flex_flow="row wrap")),
+            self.ranked,
+        ], layout=widgets.Layout(width="100%"))
+        self.tabs = widgets.Tab(children=[self.grid, self._ranked_panel, self.code_box],
+                                titles=("grid", "ranked list", "code"),
+                                layout=widgets.Layout(flex="0 1 auto", min_width="0", max_width="100%"))
+        self.tabs.add_class(CSS["tabs"])
 
         super().__init__([
-            widgets.HBox([self.x_axis, self.y_axis]),
-            self.fixed_box,
-            self.grid,
-            detail,
-            widgets.HBox([self.sort_by, self.ascending, self.query]),
+            widgets.HBox([self.x_axis, self.y_axis, self.fixed_box], layout=widgets.Layout(flex_flow="row wrap")),
             self.message,
-            self.ranked,
-        ])
+            widgets.HBox([self.tabs, self.details],
+                         layout=widgets.Layout(width="100%", align_items="flex-start", grid_gap="8px")),
+        ], layout=widgets.Layout(width="100%", max_width=MAX_WIDTH))
         self.add_class(CSS["root"])
         self._on_axes()
         self._update_ranked()
@@ -321,7 +403,18 @@ class Explorer(widgets.VBox):
 
     # -- callbacks
 
+    @contextmanager
+    def _quietly(self):
+        """Set widget values without their callbacks acting on them (they see `_syncing`)."""
+        outer, self._syncing = self._syncing, True
+        try:
+            yield
+        finally:
+            self._syncing = outer
+
     def _on_axes(self, change=None):
+        if self._syncing:
+            return
         if self.x is not None and self.x == self.y:  # one column on both axes: swap instead of refusing
             changed = change["owner"] if change else self.x_axis
             other = self.y_axis if changed is self.x_axis else self.x_axis
@@ -330,24 +423,36 @@ class Explorer(widgets.VBox):
                 old = next((c for c in self.swept if c != self.y), None)
                 if old is None:
                     other, old = self.y_axis, NO_AXIS
-            other.unobserve(self._on_axes, names="value")
-            try:
+            with self._quietly():
                 other.value = old
-            finally:
-                other.observe(self._on_axes, names="value")
+        # a column that leaves the axes is fixed at the selected image's value: the selection stays in view
+        newly_fixed = [c for c in self._axes if c is not None and c not in (self.x, self.y)]
+        self._axes = (self.x, self.y)
+        if self.selected is not None:
+            row = self.result._row(self.selected)
+            with self._quietly():
+                for column in newly_fixed:
+                    control = self.fixed[column]
+                    position = _position(control._values, row[column])
+                    if position is not None:
+                        control.value = position
         self.fixed_box.children = [w for c, w in self.fixed.items() if c not in (self.x, self.y)]
         self._update_grid()
 
     def _on_change(self, change=None):
-        self._update_grid()
+        if not self._syncing:
+            self._update_grid()
 
     def _on_filter(self, change=None):
         self._update_ranked()
         self._update_grid()
 
     def _on_ranked(self, change):
-        if change["new"] is not None:
-            self.select(change["new"])
+        # The explorer's own updates (new options reset the index) are ignored; so is a frontend
+        # clearing or echoing the selection: only a choice of another image selects it.
+        if self._syncing or change["new"] is None or change["new"] == self.selected:
+            return
+        self.select(change["new"])
 
     # -- updates (existing widgets get new values; new ones are only made when the grid grows)
 
@@ -374,9 +479,9 @@ class Explorer(widgets.VBox):
         nx, ny = len(layout.x_values), len(layout.y_values)
         shown = set(self._rows_shown["key"])
 
-        # headers: a corner, the x values across the top, the y value at the start of each row
-        corner = f"<b>{html.escape(str(y or ''))} \\ {html.escape(str(x or ''))}</b>"
-        texts = [corner] + [self._label(x, v) for v in layout.x_values] + [self._label(y, v) for v in layout.y_values]
+        # headers: a corner naming the axes, the x values across the top, the y value of each row
+        texts = ([_corner_html(x, y)] + [self._label(x, v) for v in layout.x_values]
+                 + [self._label(y, v) for v in layout.y_values])
         while len(self._headers) < len(texts):
             header = widgets.HTML()
             header.add_class(CSS["header"])
@@ -394,9 +499,14 @@ class Explorer(widgets.VBox):
                 self._fill_cell(cell, row, shown)
                 children.append(cell)
         self._n_cells = nx * ny
-        self.grid.layout.grid_template_columns = f"auto repeat({nx}, {self.thumb + 8}px)"
+        # A set label column (longer labels wrap at spaces) and columns of at most `thumb` px that
+        # narrow when the output area does. The Tab is as wide as the full-size grid whichever tab
+        # shows, so switching tabs never moves the details column.
+        self.grid.layout.grid_template_columns = f"{_LABEL_COLUMN} repeat({nx}, minmax(0, {self.thumb}px))"
+        self.tabs.layout.width = f"max(24em, calc({_LABEL_COLUMN} + {nx * (self.thumb + 4) + _TAB_PADDING}px))"
         if list(self.grid.children) != children:
             self.grid.children = children
+        self._update_message()
 
     def _label(self, column, value) -> str:
         if column is None:
@@ -407,11 +517,13 @@ class Explorer(widgets.VBox):
                 f"{html.escape(text)}</span>")
 
     def _new_cell(self):
-        image = widgets.Image(format="png", width=str(self.thumb))
+        side = f"{self.thumb}px"  # at most; less when the grid's column is narrower
+        image = widgets.Image(format="png", layout=widgets.Layout(
+            width="100%", max_width=side, height="auto", max_height=side, object_fit="contain"))
         image.add_class(CSS["cell"])
-        button = widgets.Button(description="select", layout=widgets.Layout(width=f"{self.thumb}px"))
+        button = widgets.Button(description="select", layout=widgets.Layout(width="100%", height=_BUTTON_HEIGHT))
         button.add_class(CSS["select"])
-        cell = widgets.VBox([image, button])
+        cell = widgets.VBox([image, button], layout=widgets.Layout(width="100%", min_width="0"))
         cell._key = None
         button.on_click(lambda _b, cell=cell: cell._key is not None and self.select(cell._key))
         return cell
@@ -451,23 +563,50 @@ class Explorer(widgets.VBox):
             rows = rows.sort_values(column, ascending=self.ascending.value, na_position="last", kind="stable",
                                     key=lambda s: s.map(_sort_key))
         except Exception as exc:  # a half-typed query must not break the explorer
-            self.message.value = (f"<span style='color:#a00'>filter {html.escape(repr(self.query.value))} failed: "
-                                  f"{html.escape(f'{type(exc).__name__}: {exc}')}</span>")
+            self._ranked_text = (f"<span style='color:#a00'>filter {html.escape(repr(self.query.value))} failed: "
+                                 f"{html.escape(f'{type(exc).__name__}: {exc}')}</span>")
+            self._update_message()
             return
         self._rows_shown = rows
-        self.message.value = html.escape(f"{len(rows)} of {len(df)} images, sorted by {column} "
-                                         f"({'ascending' if self.ascending.value else 'descending'})")
+        self._ranked_text = html.escape(f"{len(rows)} of {len(df)} images, sorted by {column} "
+                                        f"({'ascending' if self.ascending.value else 'descending'})")
         shown_columns = list(dict.fromkeys(self.swept + [column] + [c for c in df.columns if is_metric_column(c)]))
         options = []
         for _, row in rows.iterrows():
             parts = [f"{c}={format_value(row[c], 40)}" for c in shown_columns if c in row.index]
             status = row.get("status", "ok")
             options.append(("  ".join(parts) + ("" if status == "ok" else f"  [{status}]"), row["key"]))
-        with self.ranked.hold_trait_notifications():
-            self.ranked.unobserve(self._on_ranked, names="value")
+        # New options reset the index to 0; the selection is put back by its key, in the same
+        # message to the frontend, and no callback acts on the intermediate values.
+        with self._quietly(), self.ranked.hold_sync():
             self.ranked.options = options
-            self.ranked.value = self.selected if self.selected in set(rows["key"]) else None
-            self.ranked.observe(self._on_ranked, names="value")
+            self._sync_ranked()
+        self._update_message()
+
+    def _sync_ranked(self):
+        keys = self.ranked._options_values
+        index = keys.index(self.selected) if self.selected in keys else None
+        if self.ranked.index != index:
+            with self._quietly():
+                self.ranked.index = index
+
+    def _describe(self, row) -> str:
+        """The selected image by its swept values, e.g. "strength=0.8, guidance_scale=5"."""
+        return ", ".join(f"{c}={format_value(row[c])}" for c in self.swept) or str(row["key"])
+
+    def _update_message(self):
+        """The ranking summary, and where the selected image is when it is not in view."""
+        note = ""
+        if self.selected is not None:
+            row = self.result._row(self.selected)
+            if self.selected not in set(self._rows_shown["key"]):
+                note = f"the selected image ({self._describe(row)}) is hidden by the filter"
+            elif hasattr(self, "_n_cells") and self.selected not in self.visible_keys():
+                fixed = ", ".join(f"{c}={format_value(row[c])}" for c, v in self.fixed_values().items()
+                                  if _norm(row[c]) != _norm(v))
+                note = f"the selected image ({self._describe(row)}) is not in this grid; it has {fixed}"
+        note_html = f" · <b>{html.escape(note)}</b>" if note else ""
+        self.message.value = self._ranked_text + note_html
 
     def select(self, key):
         """Show one cell (content key) in the detail view: image, init image, parameters, metrics, code."""
@@ -475,17 +614,10 @@ class Explorer(widgets.VBox):
         row = result._row(key)
         self.selected = row["key"]
         image, reason = cell_image(result, row)
-        self.detail_image.value = _png_bytes(image) if image is not None else self._placeholder(reason)
+        self.detail_image.value = _png_bytes(image, _DETAIL_PIXELS) if image is not None else self._placeholder(reason)
         init = result.init_image(row)
-        self.init_image.value = _png_bytes(init) if init is not None else self._placeholder("missing")
-        if image is not None:
-            self.detail_image.width = str(min(512, max(image.size[0], 256)))
-            self.init_image.width = self.detail_image.width
-        pairs = [(c, _value_text(row[c])) for c in result.df.columns
-                 if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
-        pairs += [(c, _value_text(row[c])) for c in ("status", "error", "effective_steps", "width", "height",
-                                                      "scheduler_class", "seconds", "key") if c in row.index]
-        self.params.value = _table_html(pairs, CSS["params"])
+        self.init_image.value = _png_bytes(init, _DETAIL_PIXELS) if init is not None else self._placeholder("missing")
+        self.params.value = _params_html(result, row, self.swept)
         metric_pairs = [(c, _value_text(row[c])) for c in result.df.columns if is_metric_column(c)]
         self.metrics.value = _table_html(metric_pairs, "img2img-lab-metrics") if metric_pairs else ""
         try:
@@ -496,10 +628,33 @@ class Explorer(widgets.VBox):
             selected = cell._key is not None and cell._key == self.selected
             cell.children[1].description = "selected" if selected else "select"
             cell.children[1].button_style = "info" if selected else ""
-        if self.ranked.value != self.selected and self.selected in {k for _, k in self.ranked.options}:
-            self.ranked.unobserve(self._on_ranked, names="value")
-            self.ranked.value = self.selected
-            self.ranked.observe(self._on_ranked, names="value")
+        self._sync_ranked()
+        self._update_message()
+
+
+def _position(values, value):
+    """Index of `value` among a control's values (None, NaN and numpy scalars compared by `_norm`)."""
+    wanted = _norm(value)
+    return next((i for i, v in enumerate(values) if _norm(v) == wanted), None)
+
+
+def _params_html(result, row, swept) -> str:
+    """The selected row's parameters, one a line: what the image is of and what the sweep varies
+    first; constant parameters and run bookkeeping folded behind `<details>` with their count."""
+    columns = [c for c in result.df.columns if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
+    shown = [c for c in columns if c in _ALWAYS_SHOWN or c in swept]
+    pairs = [(c, _value_text(row[c])) for c in shown]
+    if "effective_steps" in row.index:
+        pairs.append(("effective_steps", _value_text(row["effective_steps"])))
+    status = row.get("status", "ok")
+    if not _is_null(status) and status not in ("ok", ""):
+        pairs += [(c, _value_text(row[c])) for c in ("status", "error") if c in row.index]
+    constant = [(c, _value_text(row[c])) for c in columns if c not in shown]
+    run = [(c, _value_text(row[c])) for c in _RUN_DETAILS if c in row.index and not _is_null(row[c])]
+    return (_table_html(pairs, CSS["params"])
+            + _folded_html(f"{len(constant)} constant parameter{'s' if len(constant) != 1 else ''}",
+                           constant, "img2img-lab-constant")
+            + _folded_html("run details", run, "img2img-lab-run"))
 
 
 def _sort_key(value):
@@ -526,10 +681,12 @@ def explore(result, x=None, y=None, *, thumb: int = 128) -> Explorer:
 
     Dropdowns choose the x and y axes among the swept columns (default `strength` and
     `guidance_scale` when swept); every other swept column becomes a slider (numbers) or a dropdown
-    (text) that fixes its value. Clicking a cell's "select" button shows its full image beside the
-    init image with its parameters, metrics and a code snippet that reproduces exactly that image.
-    Under the grid, the images are ranked by any column (a metric too) and filtered by a pandas
-    query (cells filtered out are greyed in the grid; a bad query shows a message).
+    (text) that fixes its value. Clicking a cell's "select" button shows its image beside the
+    init image with its parameters and metrics; the "code" tab holds a snippet that reproduces
+    exactly that image. The "ranked list" tab ranks the images by any column (a metric too) and
+    filters them by a pandas query (cells filtered out are greyed in the grid; a bad query shows a
+    message). The selection stays on its image through sorting, filtering and axis changes.
+    Every image is shown at a set size whatever its pixels, so a 3x3 sweep fits one screen.
 
     Works in JupyterLab, the classic notebook and Voila as is. In Colab, enable the widget manager
     once per notebook first::
@@ -540,7 +697,8 @@ def explore(result, x=None, y=None, *, thumb: int = 128) -> Explorer:
     Args:
         result: a `SweepResult` (from `run_sweep` or `load_sweep`).
         x, y: the swept columns shown across and down; None for the defaults.
-        thumb: the side of the grid's thumbnails, in pixels.
+        thumb: the largest side of the grid's thumbnails on screen, in pixels (they narrow with
+            the output area).
 
     Returns:
         An `Explorer` (an `ipywidgets.VBox`).
