@@ -134,6 +134,8 @@ def _path_parts(value) -> list[str] | None:
         if url.query:
             parts[-1] += f"?{url.query}"
         return [p for p in parts if p] or None
+    if any(c.isspace() for c in text) and not re.match(r"^(/|~|\.{1,2}[\\/]|[A-Za-z]:[\\/])", text):
+        return None  # words with a slash ("tiny/sd15 -> tiny/sd15", a chain's models) are no path
     if "/" in text or "\\" in text:
         return [p for p in re.split(r"[\\/]+", text) if p] or None
     return None

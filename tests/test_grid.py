@@ -258,6 +258,9 @@ def test_value_labels_short_names_stay_distinct():
     assert value_labels("image", ["https://a.org/x/init.png", "https://a.org/y/init.png", "init.png"]) == [
         "x/init.png", "y/init.png", "init.png"]
     assert value_labels("model", ["tiny/sd15", "sd15"]) == ["tiny/sd15", "sd15"]
+    # a chain's models are words, not a path; a local path may hold spaces
+    assert value_labels("model", ["tiny/sd15 -> tiny/kandinsky22"]) == [format_value("tiny/sd15 -> tiny/kandinsky22")]
+    assert value_labels("image", ["/home/me/My Pictures/cat.png", "~/in/a b.png"]) == ["cat.png", "a b.png"]
     # prompts are text, shortened as before, even with a slash in them
     prompt = "a cat / a dog, detailed, 8k, cold color palette, muted colors"
     (label,) = value_labels("negative_prompt", [prompt])
