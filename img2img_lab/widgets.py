@@ -450,7 +450,10 @@ class Explorer(widgets.VBox):
     def _on_ranked(self, change):
         # The explorer's own updates (new options reset the index) are ignored; so is a frontend
         # clearing or echoing the selection: only a choice of another image selects it.
-        if self._syncing or change["new"] is None or change["new"] == self.selected:
+        if self._syncing or change["new"] == self.selected:
+            return
+        if change["new"] is None:  # cleared in the frontend: the list shows the selection again
+            self._sync_ranked()
             return
         self.select(change["new"])
 

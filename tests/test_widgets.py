@@ -220,3 +220,121 @@ def test_snippet_loads_the_offline_stand_in_not_the_unreachable_url(tmp_path):
     # a reachable source is recorded as given, with no `image_requested` column
     plain = lab.run_sweep(spec.replace(image="astronaut"), tmp_path / "plain", progress=False, batched=False)
     assert "image_requested" not in plain.df.columns and list(plain.df["key"]) == list(result.df["key"])
+
+
+def test_selection_follows_its_image_through_sort_filter_and_axes(fake):
+    ex = explore(fake)
+    key = row_of(fake, strength=0.6, guidance_scale=7.5, negative_prompt="")["key"]
+    ex.cells[4].children[1].click()  # guidance 7.5, strength 0.6
+    expected = np.asarray(fake.image(key))
+
+    def still_on_key(in_list=True):
+        assert ex.selected == key
+        np.testing.assert_array_equal(pixels(ex.detail_image.value), expected)
+        assert ex.code.value == code_snippet(fake, key)
+        if in_list:
+            assert ex.ranked.value == key and ex.ranked.options[ex.ranked.index][1] == key
+
+    # 1. re-sorting replaces the options (which resets the Select's index to 0): the key stays
+    for control, value in ((ex.sort_by, "guidance_scale"), (ex.ascending, False), (ex.sort_by, "strength"),
+                           (ex.ascending, True)):
+        control.value = value
+        still_on_key()
+    # the frontend sends index changes as comm state: an echo or a cleared list moves nothing
+    ex.ranked.set_state({"index": ex.ranked.index})
+    still_on_key()
+    ex.ranked.set_state({"index": None})
+    still_on_key()
+
+    # 2. a filter that hides it says so, and it comes back when the filter is cleared
+    ex.query.value = "strength != 0.6"
+    still_on_key(in_list=False)
+    assert ex.ranked.value is None and key not in [k for _, k in ex.ranked.options]
+    assert re.search(r"the selected image \([^)]*strength=0\.6[^)]*guidance_scale=7\.5[^)]*\) is hidden by the filter",
+                     ex.message.value)
+    ex.query.value = ""
+    still_on_key()
+    assert "hidden" not in ex.message.value
+
+    # 3. axis changes: a column leaving the axes is fixed at the selected image's value
+    ex.x_axis.value = "negative_prompt"
+    still_on_key()
+    assert ex.fixed["strength"].value == 1 and key in ex.visible_keys()
+    assert ex.cells[ex.visible_keys().index(key)].children[1].description == "selected"
+    ex.fixed["strength"].value = 0  # the user moves the slider away: the selection stays, and says where it is
+    still_on_key()
+    assert key not in ex.visible_keys() and "is not in this grid; it has strength=0.6" in ex.message.value
+    ex.fixed["strength"].value = 1
+    assert key in ex.visible_keys() and "not in this grid" not in ex.message.value
+    ex.y_axis.value = "strength"
+    still_on_key()
+    assert ex.fixed["guidance_scale"].value == 1 and key in ex.visible_keys()
+
+    # 4. choosing another image in the list (as the frontend does, by index) selects it
+    other = ex.ranked.options[0][1]
+    ex.ranked.set_state({"index": 0})
+    assert ex.selected == other != key
+    ex.ranked.value = key
+    still_on_key()
+
+
+def test_layout_sizes_are_set_whatever_the_image_size(tmp_path):
+    from img2img_lab import widgets as w
+
+    for size in (64, 512):
+        result = make_fake_sweep(tmp_path / f"s{size}", strength=[0.4, 0.6, 0.8], guidance_scale=[1.0, 5.0, 9.0],
+                                 negative_prompt=[""], size=size, error_cell=None)
+        ex = explore(result)
+        assert ex.layout.max_width == w.MAX_WIDTH == "1100px"
+        assert ex.details.layout.min_width == w.DETAIL_MIN_WIDTH and ex.details.layout.flex == "1 1 0%"
+        # thumbnails: at most `thumb` px on screen, scaled into their box, never their natural size
+        assert len(ex.visible_keys()) == 9
+        for cell in ex.cells[:9]:
+            image, button = cell.children
+            assert (image.layout.width, image.layout.max_width, image.layout.max_height) == ("100%", "128px", "128px")
+            assert image.layout.object_fit == "contain" and image.width == "" and image.height == ""
+            assert max(Image.open(io.BytesIO(image.value)).size) <= 128
+            assert button.layout.height == "24px"
+        assert ex.grid.layout.grid_template_columns == "10em repeat(3, minmax(0, 128px))"
+        for image in (ex.detail_image, ex.init_image):
+            assert (image.layout.width, image.layout.max_height, image.layout.object_fit) == ("240px", "240px", "contain")
+            assert max(Image.open(io.BytesIO(image.value)).size) <= 512
+        # grid, ranked list and code share one Tab, so none of them adds height
+        assert ex.tabs.titles == ("grid", "ranked list", "code")
+        assert ex.tabs.children[0] is ex.grid and ex.ranked in ex.tabs.children[1].children
+        assert ex.code in ex.tabs.children[2].children and ex.code.layout.height == "26em"
+        assert ex.tabs.layout.width == f"max(24em, calc(10em + {3 * 132 + 34}px))"
+
+
+def test_grid_corner_names_the_axes(fake):
+    import html
+
+    def corner(ex):
+        return html.unescape(re.sub("<[^>]+>", "", ex._headers[0].value))
+
+    ex = explore(fake)
+    assert corner(ex) == "strength\xa0→guidance_scale\xa0↓"  # two lines: across, then down
+    assert "_<wbr>" in ex._headers[0].value  # long names wrap after an underscore, not mid-word
+    ex.y_axis.value = "(none)"
+    assert corner(ex) == "strength\xa0→"
+    ex.x_axis.value = "negative_prompt"
+    assert corner(ex) == "negative_prompt\xa0→" and "\\" not in ex._headers[0].value
+
+
+def test_parameters_one_a_line_constants_folded_long_values_unbroken(tmp_path):
+    url = "https://example.com/" + "/".join(["segment"] * 10) + "/image.png"
+    word = "x" * 60
+    result = make_fake_sweep(tmp_path / "s", prompt=f"{url} a cat", negative_prompt=["", word], error_cell=None)
+    ex = explore(result)
+    ex.select(row_of(result, strength=0.3, guidance_scale=1.0, negative_prompt=word)["key"])
+    visible, *folded = ex.params.value.split("<details>")
+    names = [k for k, _ in param_pairs(visible)]
+    assert names == ["model", "prompt", "negative_prompt", "strength", "guidance_scale", "effective_steps"]
+    # constant parameters behind a count; bookkeeping under "run details"
+    assert folded[0].startswith("<summary style='cursor:pointer'>4 constant parameters</summary>")
+    assert [k for k, _ in param_pairs(folded[0])] == ["image", "num_inference_steps", "seed", "scheduler"]
+    assert "run details" in folded[1] and ("key", ex.selected) in param_pairs(folded[1])
+    # no mid-word breaking: a URL may wrap after "/", a long word is shortened with the full text in a title
+    assert "break-all" not in ex.params.value and "break-word" not in ex.params.value
+    assert "example.com/<wbr>segment/<wbr>segment" in visible
+    assert f"<span title='{word}'>{word[:39]}…</span>" in visible
