@@ -188,7 +188,8 @@ def label_maps(df: pd.DataFrame, labels, columns: list[str]) -> dict[str, dict]:
         return {}
     if not isinstance(labels, dict):
         raise ValidationError(
-            f"`labels` must be a dict {{column: {{value: label}}}} or {{value: label}}, got {type(labels).__name__}: {labels!r}"
+            f"`labels` must be a dict {{column: {{value: label}}}} or {{value: label}}, "
+            f"got {type(labels).__name__}: {labels!r}"
         )
     nested = [isinstance(v, dict) for v in labels.values()]
     if any(nested) and not all(nested):

@@ -1,19 +1,20 @@
 """plot_grid / grid_image: labels, panels, placeholders, filtering, sizes, limits, errors, and
 how the figures display in a real Jupyter kernel."""
 
+import base64
 import io
 import os
 
 import nbclient
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from _fake_sweep import make_fake_sweep
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-import img2img_lab.grid as grid_module
 from img2img_lab.errors import ValidationError
 from img2img_lab.figures import LabFigure
 from img2img_lab.grid import (cell_message, filter_rows, format_value, grid_image, grid_layout, plot_grid,
@@ -276,7 +277,7 @@ def url_sweep(sweep):
     df = sweep.df.assign(image=INIT_URL)
     df = df[df.negative_prompt == ""]
     other = df.assign(model="stable-diffusion-v1-5/stable-diffusion-v1-5", strength=0.3)
-    df = grid_module.pd.concat([df[df.strength == 0.3], other[other.guidance_scale == 1.0]], ignore_index=True)
+    df = pd.concat([df[df.strength == 0.3], other[other.guidance_scale == 1.0]], ignore_index=True)
     return type(sweep)(df=df, out_dir=sweep.out_dir)
 
 
@@ -465,4 +466,4 @@ def test_figures_show_once_in_a_kernel(measured_folder, tmp_path, setup):
         text_only = [o for o in cell.outputs if set(o.get("data", {})) == {"text/plain"}]
         assert len(pngs) == 1, (setup, cell.source, cell.outputs)
         assert text_only == [], (setup, cell.source, text_only)
-        assert Image.open(io.BytesIO(__import__("base64").b64decode(pngs[0]["data"]["image/png"]))).width > 200
+        assert Image.open(io.BytesIO(base64.b64decode(pngs[0]["data"]["image/png"]))).width > 200
