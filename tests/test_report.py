@@ -68,15 +68,112 @@ def test_spec_keys_are_parameters_when_asked_and_values_are_checked():
         rp.check_parameters(_namespace({"offload": "everything"}))
 
 
+# 05's spec keys, all None in its parameters cell: "the spec's value, else the notebook's default"
+UNSET = dict(model=None, image=None, prompt=None, negative_prompt=None, strength=None, guidance_scale=None,
+             num_inference_steps=None, seed=None, name=None)
+
+
 def test_sweep_spec_from_keys_or_from_a_file_with_passed_in_overrides():
     keys = dict(model="tiny/sd15", image="cat", prompt="a cat", strength=[0.4, 0.8], height=None, offload=None)
     spec = rp.NotebookParameters(values=keys).sweep_spec()
     assert spec.strength == (0.4, 0.8) and dict(spec.params) == {} and dict(spec.options) == {}
-    # with a spec file, only the keys passed in replace its keys; the cell's defaults do not
-    values = {"spec": str(STRENGTH_YAML), "model": "tiny/sd15", "strength": 0.3, "guidance_scale": 2.0}
+    # with a spec file, the keys passed in replace its keys
+    values = {**UNSET, "spec": str(STRENGTH_YAML), "model": "tiny/sd15", "guidance_scale": 2.0}
     spec = rp.NotebookParameters(values=values, injected=("model", "guidance_scale")).sweep_spec()
     assert spec.model == ("tiny/sd15",) and spec.guidance_scale == (2.0,)
     assert spec.strength == (0.4, 0.6, 0.8, 1.0) and spec.name == "strength"
+
+
+def test_sweep_spec_hand_edited_cell_values_win_over_the_spec():
+    """JupyterLab: nothing is injected; the values typed into the parameters cell still replace the spec's."""
+    values = {**UNSET, "spec": str(STRENGTH_YAML), "model": "tiny/sd15", "image": "astronaut", "seed": [1, 2]}
+    spec = rp.NotebookParameters(values=values).sweep_spec()
+    assert (spec.model, spec.image, spec.seed) == (("tiny/sd15",), ("astronaut",), (1, 2))
+    # the keys left None take the spec's values: its strengths, steps and prompt
+    assert spec.strength == (0.4, 0.6, 0.8, 1.0) and spec.num_inference_steps == (50,) and spec.name == "strength"
+    assert spec.prompt == ("Astronaut in a jungle, cold color palette, muted colors, detailed, 8k",)
+    # injected values win too, a None among them included (`-p negative_prompt None`)
+    negative = STRENGTH_YAML.parent / "negative_prompt.yaml"
+    values = {**UNSET, "spec": str(negative), "model": "tiny/sdxl-refiner", "negative_prompt": None}
+    assert rp.NotebookParameters(values=values).sweep_spec().negative_prompt == (
+        None, "ugly, deformed, disfigured, poor details, bad anatomy", "jungle")
+    assert rp.NotebookParameters(values=values, injected=("negative_prompt",)).sweep_spec().negative_prompt == (None,)
+
+
+def test_sweep_spec_keys_the_spec_leaves_unset_take_the_notebook_defaults():
+    # combined.yaml sets no steps: the notebook's default, 50, or 4 for a tiny model
+    combined = STRENGTH_YAML.parent / "combined.yaml"
+    real = rp.NotebookParameters(values={**UNSET, "spec": str(combined)}).sweep_spec()
+    assert real.num_inference_steps == (50,) and real.model == (rp.SD15,)
+    tiny = rp.NotebookParameters(values={**UNSET, "spec": str(combined), "model": "tiny/sd15"}).sweep_spec()
+    assert tiny.num_inference_steps == (4,) and len(tiny) == 48
+    # no spec at all: the documented defaults, tiny-aware
+    spec = rp.NotebookParameters(values={**UNSET, "spec": None, "model": "tiny/sd15"}).sweep_spec()
+    assert (spec.image, spec.strength, spec.guidance_scale, spec.num_inference_steps, spec.seed) == (
+        ("astronaut",), (0.8,), (7.5,), (4,), (0,))
+    spec = rp.NotebookParameters(values={**UNSET, "spec": None}).sweep_spec()
+    assert spec.model == (rp.SD15,) and spec.image == (f"{rp.DOCS}/img2img-init.png",) and spec.num_inference_steps == (50,)
+
+
+def test_spec_paths_resolve_from_the_repo_root_and_from_notebooks(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    assert rp.resolve_spec_path("sweeps/strength.yaml") == STRENGTH_YAML
+    monkeypatch.chdir(ROOT / "notebooks")  # JupyterLab's kernel cwd
+    assert rp.resolve_spec_path("sweeps/strength.yaml") == STRENGTH_YAML
+    assert rp.resolve_spec_path("../sweeps/strength.yaml") == STRENGTH_YAML
+    values = {**UNSET, "spec": "sweeps/strength.yaml", "model": "tiny/sd15"}
+    assert rp.NotebookParameters(values=values).sweep_spec().name == "strength"
+    # elsewhere: the source checkout's sweeps/ (this package runs from one)
+    monkeypatch.chdir(tmp_path)
+    assert rp.resolve_spec_path("sweeps/strength.yaml") == STRENGTH_YAML
+    # a file beside the current folder comes first
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "strength.yaml").write_text(STRENGTH_YAML.read_text())
+    assert rp.resolve_spec_path("sweeps/strength.yaml") == tmp_path / "sweeps" / "strength.yaml"
+    with pytest.raises(ValidationError) as info:
+        rp.resolve_spec_path("sweeps/nope.yaml")
+    message = str(info.value)
+    assert "`spec` 'sweeps/nope.yaml' not found; tried" in message
+    assert str(tmp_path / "sweeps" / "nope.yaml") in message and str(ROOT / "sweeps" / "nope.yaml") in message
+    with pytest.raises(ValidationError, match="`spec` must be the path"):
+        rp.resolve_spec_path(3)
+
+
+def test_notebook_defaults_follow_the_main_model():
+    """Companions are the guide's checkpoints, or their tiny twins when `model` is a tiny model."""
+    real = rp.notebook_defaults("02_parameters", rp.SD15)
+    assert real["refiner_model"] == "stabilityai/stable-diffusion-xl-refiner-1.0"
+    assert real["num_inference_steps"] == 50 and real["height"] is None
+    tiny = rp.notebook_defaults("02_parameters", "tiny/sd15")
+    assert tiny["refiner_model"] == "tiny/sdxl-refiner" and tiny["num_inference_steps"] == 4
+    assert (tiny["height"], tiny["width"], tiny["image"]) == (64, 64, "astronaut")
+    chain = rp.notebook_defaults("03_chaining", "tiny/sd15")
+    assert (chain["x2_upscaler_model"], chain["x4_upscaler_model"]) == ("tiny/sd-x2-latent-upscaler", "tiny/sd-x4-upscaler")
+    assert rp.notebook_defaults("04_control", "tiny/sd15")["controlnet_model"] == "tiny/controlnet-sd15"
+    assert rp.notebook_defaults("04_control", rp.SD15)["size"] == [958, 960]
+    # every tiny twin is an embedded tiny model
+    assert {tiny for _, tiny in rp.COMPANIONS.values()} <= set(lab.TINY_MODELS)
+    with pytest.raises(ValidationError, match="`notebook` must be one of"):
+        rp.notebook_defaults("06_nope", "tiny/sd15")
+
+
+def test_check_parameters_resolves_none_parameters_for_the_notebook():
+    ns = _namespace(None)
+    ns.update(model="tiny/sd15", refiner_model=None, num_inference_steps=None, strength=0.8)
+    ns["In"] = ["", "import img2img_lab as lab",
+                'model = "tiny/sd15"  # m\nrefiner_model = None  # r\nnum_inference_steps = None  # n\nstrength = 0.8  # s',
+                CHECK_CELL]
+    params = rp.check_parameters(ns, notebook="02_parameters")
+    assert params.resolved == {"refiner_model": "tiny/sdxl-refiner", "num_inference_steps": 4}
+    assert params["refiner_model"] == "tiny/sdxl-refiner" and "(None: resolved)" in repr(params)
+    # a value set by hand is kept, and the namespace itself is not changed here
+    ns.update(num_inference_steps=10)
+    params = rp.check_parameters(ns, notebook="02_parameters")
+    assert params["num_inference_steps"] == 10 and "num_inference_steps" not in params.resolved
+    assert ns["refiner_model"] is None
+    # a real model keeps the guide's
+    ns.update(model=rp.SD15, num_inference_steps=None)
+    assert rp.check_parameters(ns, notebook="02_parameters").resolved["refiner_model"] == rp.COMPANIONS["refiner_model"][0]
 
 
 def test_report_axes_prefer_strength_and_guidance_scale():
@@ -193,3 +290,32 @@ def test_papermill_cli_runs_the_report_notebook_with_a_spec_file(tmp_path):
     assert sorted(df["strength"]) == [0.4, 0.6, 0.8, 1.0] and set(df["num_inference_steps"]) == {4}
     nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert nb.metadata["papermill"]["parameters"]["name"] == "strength"
+
+
+def test_report_on_a_tiny_model_runs_small_says_so_once_and_keeps_the_kernel_quiet(tmp_path, capfd):
+    """`img2img-lab report sweeps/strength.yaml --model tiny/sd15`: 64 px (the spec sets no size), one
+    line saying so, and no "Kernel is running over TCP without encryption" from the report's kernel."""
+    out = tmp_path / "tiny"
+    lab.report(STRENGTH_YAML, out, model="tiny/sd15", html=False)
+    captured = capfd.readouterr()
+    assert captured.out.count("tiny models run at 64x64 px (the spec sets no height/width): 4 cells") == 1
+    assert "without encryption" not in captured.err
+    df = pd.read_parquet(out / "results.parquet")
+    assert set(df["width"]) == {64} and set(df["height"]) == {64} and set(df["num_inference_steps"]) == {50}
+    nb = nbformat.read(out / "report.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert printed.count("tiny models run at 64x64 px") == 1  # the notebook says it too, once
+
+
+def test_kernel_stderr_filter_drops_only_the_tcp_warning():
+    import os
+
+    source_r, source_w = os.pipe()
+    target_r, target_w = os.pipe()
+    os.write(source_w, b"[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All ...\n"
+                       b"something the kernel really says\n")
+    os.close(source_w)
+    rp._forward_kernel_stderr(source_r, target_fd=target_w)
+    os.close(target_w)
+    with os.fdopen(target_r, "rb") as forwarded:
+        assert forwarded.read() == b"something the kernel really says\n"
