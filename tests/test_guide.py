@@ -315,3 +315,51 @@ def test_9_compile_wraps_the_denoiser():
     pipe = lab.load_pipeline("tiny/sd15", compile="reduce-overhead", cache=False)
     assert isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)  # not called: compiling is slow on CPU
     assert pipe.img2img_lab_info["options"]["compile"] == "reduce-overhead"
+
+
+# the guide's sweep specs on their families' tiny twins: small, said once --------------------
+
+from pathlib import Path  # noqa: E402
+
+from img2img_lab.reports import COMPANIONS, SD15  # noqa: E402
+from img2img_lab.spec import SweepSpec, tiny_size_note  # noqa: E402
+from img2img_lab.tiny import TINY_SIZE  # noqa: E402
+
+SWEEPS = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
+TWINS = {SD15: "tiny/sd15", **dict(COMPANIONS.values())}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_guide_sweeps_on_tiny_twins_run_at_the_tiny_size(path, capsys):
+    real = SweepSpec.from_yaml(path)
+    assert "height" not in real.params and "width" not in real.params  # the guide's specs set no size
+    spec = real.replace(model=[TWINS[m] for m in real.model])
+    cells = spec.cells()
+    assert capsys.readouterr().out.splitlines() == [tiny_size_note(spec)]  # one line, once per sweep
+    assert all((c.call["height"], c.call["width"]) == (TINY_SIZE, TINY_SIZE) for c in cells)
+    assert all("height" not in c.call for c in real.cells())  # real models: the guide's own sizes
+    # as if the spec said so: the same calls and content keys as an explicit TINY_SIZE, none shared with 512 px
+    keys = [c.key("h") for c in cells]
+    assert keys == [c.key("h") for c in spec.replace(height=TINY_SIZE, width=TINY_SIZE).cells()]
+    assert set(keys).isdisjoint(c.key("h") for c in spec.replace(height=512, width=512).cells())
+
+
+def test_tiny_size_applies_only_to_tiny_models_and_only_without_a_size(capsys):
+    base = dict(image="astronaut", prompt=PROMPT, strength=0.5)
+    mixed = SweepSpec(model=["tiny/sd15", SD15], **base)
+    tiny_cell, real_cell = mixed.cells()
+    assert tiny_cell.call["height"] == TINY_SIZE and "height" not in real_cell.call
+    assert "1 cell" in capsys.readouterr().out
+    assert tiny_size_note(SweepSpec(model="tiny/sd15", height=128, **base)) is None
+    assert tiny_size_note(SweepSpec(model="tiny/sd15", width=96, **base)) is None
+    assert tiny_size_note(SweepSpec(model=SD15, **base)) is None
+    assert "height" not in SweepSpec(model="tiny/sd15", width=96, **base).cells()[0].call
+
+
+def test_tiny_size_is_recorded_in_the_rows(tmp_path):
+    cat = lab.load_image("cat")  # 451 x 300: resized to the tiny size, as a spec with height/width would
+    result = lab.run_sweep(SweepSpec(model="tiny/sd15", image="cat", prompt=PROMPT, num_inference_steps=2),
+                           tmp_path / "s", progress=False)
+    row = result.df.iloc[0]
+    assert (row["width"], row["height"]) == (TINY_SIZE, TINY_SIZE) and result.image(0).size == (TINY_SIZE, TINY_SIZE)
+    assert cat.size != (TINY_SIZE, TINY_SIZE)
