@@ -310,3 +310,12 @@ def test_bad_value_fails_in_the_check_cell(tmp_path):
     error, failing, _ = _run_failing(tmp_path, "02_parameters", {"model": "tiny/sd15", "strength": [0.5, 1.2]})
     assert "check_parameters(globals()" in failing.source
     assert "`strength` must be in [0, 1], got 1.2" in error.evalue
+
+
+def test_outputs_of_notebooks_run_in_place_are_ignored_by_git():
+    """A notebook run in JupyterLab writes runs/ beside it (kernel cwd notebooks/): not for `git status`."""
+    for path in ("notebooks/runs/02_parameters/results.parquet", "img2img_lab/notebooks/runs/x/images/a.png",
+                 "runs/demo/report.html"):
+        run = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert run.returncode == 0, f"{path} is not ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", "notebooks/02_parameters.ipynb"], cwd=ROOT).returncode == 1
