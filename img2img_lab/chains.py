@@ -338,6 +338,8 @@ def _is_text2img(pipe) -> bool:
 
 def _plan(chain: Chain, pipes: list) -> list[str]:
     """How each stage hands over to the next: "latent" or "pil" (the last one: "pil")."""
+    from .loaders import user_stacklevel
+
     plan = []
     n = len(pipes)
     for i in range(n):
@@ -373,7 +375,7 @@ def _plan(chain: Chain, pipes: list) -> list[str]:
                     f"chain: stage {i + 2} ({chain.stages[i + 1].label()!r}) can't take stage {i + 1}'s latents "
                     f"({reason}); decoding stage {i + 1} to an image and encoding it again",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=user_stacklevel(),
                 )
             plan.append("pil")
     return plan
@@ -424,7 +426,8 @@ def _run(chain: Chain) -> ChainResult:
     import numpy as np
 
     from .images import load_image
-    from .runner import is_nan_image
+    from .loaders import quiet_call
+    from .runner import is_nan_image, warn_long_texts
 
     # 1. validate what needs no model
     _validate(chain)
@@ -442,7 +445,10 @@ def _run(chain: Chain) -> ChainResult:
         call = {k: v for k, v in stage.kwargs.items() if k not in RESERVED and k != "image"}
         if current is not None:
             call["image"] = current
-        out = pipe(**call, output_type=output_type, generator=_generator(seed))
+        warn_long_texts(pipe, [(name, call.get(name)) for name in ("prompt", "negative_prompt")],
+                        hint="`lab.encode_weighted` encodes long prompts in chunks")  # said here, once
+        with quiet_call():
+            out = pipe(**call, output_type=output_type, generator=_generator(seed))
         current = out.images if output_type == "latent" else out.images[0]
         images.append(None if output_type == "latent" else current)
         params.append({

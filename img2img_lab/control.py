@@ -75,7 +75,7 @@ def depth_estimator(model: str, device=None):
     """
     from pathlib import Path
 
-    from .loaders import hub_access, resolve_device
+    from .loaders import hub_access, quiet_loading, resolve_device
 
     if not isinstance(model, str) or not model:
         raise ValidationError(f"`model` must be a depth-estimation model id or folder, got {model!r}")
@@ -86,7 +86,8 @@ def depth_estimator(model: str, device=None):
 
         hub = {} if Path(model).expanduser().exists() else hub_access(model, "model", filename="config.json")
         try:
-            _ESTIMATORS[key] = pipeline("depth-estimation", model=model, device=device, **hub)
+            with quiet_loading():
+                _ESTIMATORS[key] = pipeline("depth-estimation", model=model, device=device, **hub)
         except (OSError, ValueError, KeyError) as exc:
             raise ValidationError(
                 f"`model` {model!r} could not be loaded as a depth-estimation model: {str(exc).splitlines()[0][:300]}"

@@ -12,11 +12,11 @@ import logging
 import os
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ValidationError
 
-logger = logging.getLogger(__name__)
 
 # Hub ids that moved: old id -> maintained mirror.
 MOVED_MODELS = {
@@ -219,7 +219,7 @@ def resolve_model(model) -> tuple[str, str]:
             f"`model` {model!r} was deleted from the Hugging Face Hub; loading its maintained mirror "
             f"{MOVED_MODELS[model]!r} instead",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
         return "hub", MOVED_MODELS[model]
     path = Path(model).expanduser()
@@ -294,16 +294,17 @@ def load_pipeline(model, **options):
     key = _cache_key(source, {k: v for k, v in opts.items() if k != "cache"})
     if opts["cache"] and key in _CACHE:
         return _CACHE[key]
-    # 2. load with diffusers
-    if kind == "tiny":
-        from .tiny import tiny_model_path
+    # 2. load with diffusers (without its and transformers' per-component progress bars)
+    with quiet_loading():
+        if kind == "tiny":
+            from .tiny import tiny_model_path
 
-        source_path = str(tiny_model_path(source))
-        pipe = _load_pretrained(source_path, opts, tiny=source)
-    elif kind == "file":
-        pipe = _load_single_file(source, opts)
-    else:
-        pipe = _load_pretrained(source, opts)
+            source_path = str(tiny_model_path(source))
+            pipe = _load_pretrained(source_path, opts, tiny=source)
+        elif kind == "file":
+            pipe = _load_single_file(source, opts)
+        else:
+            pipe = _load_pretrained(source, opts)
     # 3. scheduler, device/dtype, memory and speed knobs
     _apply_options(pipe, opts)
     pipe.img2img_lab_info = {"model": str(model), "source": source, "kind": kind,
@@ -333,6 +334,119 @@ def clear_pipeline_cache() -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# third-party noise: messages that tell the user nothing, silenced around our own calls only
+
+# diffusers'/transformers' log lines during a pipeline call: the per-call prompt truncation
+# notices of diffusers' encode_prompt and of its untruncated tokenizer call (the sweep says it
+# once itself, see runner.warn_long_prompts), and the SDXL pipelines' own VAE upcast
+# `vae.to(torch.float32)` tripping ModelMixin.to's "should be kept in float32" advice.
+CALL_LOG_NOISE = (
+    re.compile(r"^The following part of your input was truncated because CLIP can only handle"),
+    re.compile(r"^Token indices sequence length is longer than the specified maximum sequence length"),
+    re.compile(r"^There are modules in \w+ that should be kept in float32"),
+)
+# warnings raised inside diffusers by diffusers' own calls (message regex, category)
+CALL_WARNING_NOISE = (
+    # KandinskyV22*CombinedPipeline always hands its default callback_steps=1 to its decoder
+    (r"`callback_steps` is deprecated", FutureWarning),
+    # numpy 2 on diffusers' own np.array(tensor ...) in some schedulers' set_timesteps
+    (r"__array__ implementation doesn't accept a copy keyword", DeprecationWarning),
+)
+LOAD_WARNING_NOISE = (
+    # diffusers' hub downloads pass an argument huggingface_hub no longer uses
+    (r"The `local_dir_use_symlinks` argument is deprecated", UserWarning),
+)
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message matches one of `patterns`."""
+
+    def __init__(self, patterns):
+        super().__init__()
+        self.patterns = patterns
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not any(p.search(message) for p in self.patterns)
+
+
+@contextmanager
+def quiet_third_party(logs=(), warnings_=(), progress_bars: bool = False):
+    """Silence the given third-party messages while inside, and put everything back afterwards.
+
+    Args:
+        logs: compiled regexes of diffusers/transformers log messages to drop (a `logging.Filter`
+            on those libraries' handlers, removed on exit).
+        warnings_: `(message regex, category)` pairs ignored (`warnings.catch_warnings`).
+        progress_bars: turn off diffusers' and transformers' own progress bars ("Loading pipeline
+            components", "Loading weights", "Writing model shards"); huggingface_hub's download
+            bars stay as they were. The previous settings are restored on exit.
+
+    Example:
+        >>> with quiet_third_party(progress_bars=True):
+        ...     pipe = AutoPipelineForImage2Image.from_pretrained(folder)
+    """
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+    from huggingface_hub import utils as hub_utils
+
+    handlers = set()
+    if logs:
+        for name in ("diffusers", "transformers", ""):  # the libraries' handlers, and root's if they propagate
+            handlers.update(logging.getLogger(name).handlers)
+    drop = _DropMessages(logs)
+    for handler in handlers:
+        handler.addFilter(drop)
+    bars = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled(),
+            hub_utils.are_progress_bars_disabled())
+    if progress_bars:
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # this one turns the hub's off too:
+        if not bars[2]:
+            hub_utils.enable_progress_bars()  # downloads keep their bars
+    try:
+        with warnings.catch_warnings():
+            for message, category in warnings_:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
+        if progress_bars:
+            if bars[0]:
+                diffusers_logging.enable_progress_bar()
+            if bars[1]:
+                transformers_logging.enable_progress_bar()
+            if bars[2]:
+                hub_utils.disable_progress_bars()
+            else:
+                hub_utils.enable_progress_bars()
+
+
+def quiet_call():
+    """Around a pipeline call: diffusers' own per-call noise off (see CALL_LOG_NOISE)."""
+    return quiet_third_party(logs=CALL_LOG_NOISE, warnings_=CALL_WARNING_NOISE)
+
+
+def quiet_loading():
+    """Around from_pretrained/save_pretrained: the libraries' own progress bars off."""
+    return quiet_third_party(warnings_=LOAD_WARNING_NOISE, progress_bars=True)
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that points a warning at the first frame outside this package (the
+    user's cell or script), however deep inside the package it is raised."""
+    import inspect
+
+    package = str(Path(__file__).resolve().parent) + os.sep
+    level, frame = 1, inspect.currentframe().f_back  # the caller of user_stacklevel: level 1
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1  # (the outermost frame if all are ours: `python -m`)
+    del frame
+    return level
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,6 +503,8 @@ def hub_access(repo_id: str, what: str, *, filename: str, revision=None, tiny: s
     Example:
         >>> pipe = DiffusionPipeline.from_pretrained(repo, **hub_access(repo, "model", filename="model_index.json"))
     """
+    if not _HUB_ID.match(repo_id):
+        return {}  # not a hub id at all (a missing path...): the loader's own error says so, offline
     reason = hub_unreachable_reason()
     if reason is None:
         return {}
@@ -498,9 +614,8 @@ def _from_pretrained_with_variant(loader, source, opts, **kwargs):
             except (OSError, ValueError) as exc:
                 if "variant" not in str(exc) and "fp16" not in str(exc):
                     raise
-                logger.warning("%s has no fp16 variant; loading the full-precision weights as float16", source)
                 warnings.warn(f"{source!r} has no 'fp16' variant: loading its default weights in float16",
-                              UserWarning, stacklevel=4)
+                              UserWarning, stacklevel=user_stacklevel())
         variant = None
     return loader(source, variant=variant, **kwargs)
 

@@ -111,9 +111,12 @@ def tiny_model_path(name: str) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / _MARKER).is_file():  # another process built it while we waited
             return target
+        from .loaders import quiet_loading
+
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         try:
-            _BUILDERS[name](tmp)
+            with quiet_loading():  # no "Writing model shards" bars: building is an implementation detail
+                _BUILDERS[name](tmp)
             (tmp / _MARKER).write_text(json.dumps({"name": name, "version": VERSION}) + "\n")
             if target.exists():  # an incomplete leftover without the marker
                 shutil.rmtree(target)
