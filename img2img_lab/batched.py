@@ -149,6 +149,7 @@ def run_batched(
     max_batch_size: int = 8,
     static_shapes: bool = False,
     progress: Callable[[int], Any] | None = None,
+    on_step: Callable[[int, int, int], Any] | None = None,
 ) -> list[BatchedOutput]:
     """Run many ``pipe(**call)`` image-to-image calls as batches, with identical results.
 
@@ -166,6 +167,9 @@ def run_batched(
         static_shapes: pad every UNet call to ``2 * max_batch_size`` rows, so a compiled UNet does
             not recompile (see the module docstring).
         progress: called with the number of calls finished after each batch, e.g. ``tqdm.update``.
+        on_step: called as ``on_step(index, step, total)`` after each denoising step of each call
+            (``index`` into ``calls``; ``step`` of its ``total`` denoising steps), so a progress bar
+            can move inside a batch. A batch retried after out-of-memory reports from step 1 again.
 
     Returns:
         One :class:`BatchedOutput` per call, in the order of ``calls``.
@@ -216,7 +220,7 @@ def run_batched(
             states = [cell.call["generator"].get_state() for cell in batch]
             start = time.perf_counter()
             try:
-                results = _run_batch(pipe, batch, encoded, 2 * max_batch_size if static_shapes else None)
+                results = _run_batch(pipe, batch, encoded, 2 * max_batch_size if static_shapes else None, on_step)
             except Exception as error:  # noqa: BLE001 - recorded per call
                 for cell, state in zip(batch, states):
                     cell.call["generator"].set_state(state)
@@ -327,7 +331,7 @@ class _Cohort:
 
 
 @torch.no_grad()
-def _run_batch(pipe, cells: list[_Cell], encoded: dict, pad_rows: int | None) -> list[BatchedOutput]:
+def _run_batch(pipe, cells: list[_Cell], encoded: dict, pad_rows: int | None, on_step=None) -> list[BatchedOutput]:
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -379,6 +383,9 @@ def _run_batch(pipe, cells: list[_Cell], encoded: dict, pad_rows: int | None) ->
             cohort.latents = cohort.scheduler.step(
                 guided, t, cohort.latents, **cohort.step_kwargs, return_dict=False
             )[0]
+            if on_step is not None:
+                for cell in cohort.cells:
+                    on_step(cell.index, i - cohort.start + 1, len(cohort.timesteps))
 
     # 4. decode in the order of `cells`, then the pipeline's safety checker and postprocessing
     order = [cell for cohort in cohorts for cell in cohort.cells]

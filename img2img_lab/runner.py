@@ -131,11 +131,66 @@ def run_cell(pipe, call: dict, seed: int):
     The output is taken as a float array (`output_type="np"`) so NaN can be detected, then
     converted with the pipeline's own `numpy_to_pil`, which is what `output_type="pil"` does.
     """
-    out = pipe(**call, generator=_generator(seed), output_type="np")
+    from .loaders import quiet_call
+
+    with quiet_call():
+        out = pipe(**call, generator=_generator(seed), output_type="np")
     array = out.images[0]
     status = NAN if is_nan_image(array) else OK
     image = pipe.numpy_to_pil(np.nan_to_num(array, nan=0.0)[None])[0]
     return image, status
+
+
+def step_callback(pipe, on_step) -> dict:
+    """Call kwargs that report each denoising step as `on_step(step, total)` (total None when
+    the pipeline doesn't say): `callback_on_step_end`, or the legacy `callback` where a pipeline
+    has only that (the upscalers). The latents pass through untouched, so images don't change."""
+    accepted = _explicit_parameters(pipe)
+    if "callback_on_step_end" in accepted:
+        def callback_on_step_end(pipeline, step, timestep, callback_kwargs):
+            on_step(step + 1, getattr(pipeline, "_num_timesteps", None))
+            return callback_kwargs  # unchanged: the pipeline takes its latents back as they were
+
+        return {"callback_on_step_end": callback_on_step_end}
+    if "callback" in accepted and "callback_steps" in accepted:
+        return {"callback": lambda step, timestep, latents: on_step(step + 1, None), "callback_steps": 1}
+    return {}
+
+
+class _Progress:
+    """The sweep's one bar, counted in images and moved at every denoising step.
+
+    A cell's image is split into one part per denoising step plus one for decoding and writing,
+    so the bar moves steadily inside a batch and its rate (images/s) and time left hold still;
+    a finished cell counts exactly 1, so the final count is the number of cells.
+    """
+
+    def __init__(self, bar):
+        self.bar, self.done, self.partial = bar, 0, {}
+
+    def start(self, label: str, size: int) -> None:
+        self.bar.set_postfix_str(f"{label} · batch {size}" if size > 1 else f"{label} · 1 call")
+
+    def step(self, ref, step: int, total: int) -> None:
+        self.partial[ref] = min(step, total) / (total + 1)  # back to 0 when a batch is retried
+        self._show()
+
+    def finished(self, ref) -> None:
+        self.partial.pop(ref, None)
+        self.done += 1
+        self._show()
+
+    def _show(self) -> None:
+        if self.bar.disable:
+            return
+        value = self.done + sum(self.partial.values())
+        self.bar.update(value - self.bar.n)
+        if not self.partial:
+            self.bar.n = self.done  # whole images: no float drift in the count
+
+
+# n shown to one decimal (it grows by fractions of an image); rate in img/s
+BAR_FORMAT = "{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 def _pipe_row(pipe, model_label: str) -> dict:
@@ -312,7 +367,9 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
     for p in mine:
         groups[(str(p.cell.model), p.cell.scheduler)].append(p)
     bar = tqdm(total=len(mine), desc="sweep" if state.num_processes == 1 else f"sweep [{state.process_index}]",
-               unit="img", disable=not progress or not mine, position=state.process_index)
+               unit="img", disable=not progress or not mine, position=state.process_index, bar_format=BAR_FORMAT)
+    shown = _Progress(bar)
+    said: set = set()  # long-prompt notices already given: once per sweep, not per model
     computed = 0
     finished = False
     try:
@@ -324,8 +381,10 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
             no_strength = "strength" not in _explicit_parameters(group_pipe)
             with _quiet_progress(group_pipe), _scheduler(group_pipe, scheduler):
 
+                label = model if scheduler is None else f"{model} · {scheduler}"
                 for p, image, status, error, seconds, batch_size in _execute(
-                    group_pipe, cells, batched=batched, max_batch_size=max_batch_size
+                    group_pipe, cells, batched=batched, max_batch_size=max_batch_size,
+                    progress=shown, label=label, said=said,
                 ):
                     row = {**p.row, **base, "scheduler_class": type(group_pipe.scheduler).__name__}
                     if no_strength:  # upscalers: no strength, every step runs
@@ -339,8 +398,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
                         row["image_path"] = ""
                     store.write_row(row)
                     computed += 1
-                    bar.update(1)
-                    bar.set_postfix_str(f"{status} {seconds:.2f}s", refresh=False)
+                    shown.finished(id(p))
         finished = True
     finally:
         bar.close()
@@ -406,32 +464,43 @@ def check_call_keys(pipe, cells: list[_Prepared]) -> None:
             )
 
 
-def warn_long_prompts(pipe, cells: list[_Prepared]) -> None:
-    """Warn once per text that the pipeline's text encoder will cut (CLIP takes 77 tokens)."""
+def warn_long_prompts(pipe, cells: list[_Prepared], said: set | None = None) -> None:
+    """Warn once per text that the pipeline's text encoder will cut (CLIP takes 77 tokens).
+
+    `said` (one set per sweep) keeps the texts already warned about, so a sweep over several
+    models says it once; diffusers' own per-call notice is silenced (`loaders.quiet_call`).
+    """
+    texts = [(name, p.cell.call.get(name)) for p in cells if not p.cell.compel  # compel chunks, never cuts
+             for name in ("prompt", "negative_prompt")]
+    warn_long_texts(pipe, texts, said)
+
+
+def warn_long_texts(pipe, texts, said: set | None = None,
+                    hint: str = "set `compel: true` to encode long prompts in chunks") -> None:
+    """`warn_long_prompts` for `(name, text)` pairs: one line per text `pipe` will cut, pointing
+    at the user's call."""
+    from .loaders import user_stacklevel
+
     tokenizers = [t for t in (getattr(pipe, n, None) for n in ("tokenizer", "tokenizer_2", "prior_tokenizer"))
                   if t is not None and getattr(t, "model_max_length", 0) and t.model_max_length < 100_000]
     if not tokenizers:
         return
     tokenizer = tokenizers[0]
-    seen = set()
-    for p in cells:
-        if p.cell.compel:  # compel splits long prompts into chunks instead of cutting them
+    limit = tokenizer.model_max_length
+    seen = set() if said is None else said
+    for name, text in texts:
+        if not isinstance(text, str) or (name, text, limit) in seen:
             continue
-        for name in ("prompt", "negative_prompt"):
-            text = p.cell.call.get(name)
-            if not isinstance(text, str) or (name, text) in seen:
-                continue
-            seen.add((name, text))
-            count = len(tokenizer(text, truncation=False).input_ids)
-            limit = tokenizer.model_max_length
-            if count > limit:
-                warnings.warn(
-                    f"`{name}` {text[:40]!r}... has {count} tokens but the text encoder of "
-                    f"{type(pipe).__name__} takes {limit}: the last {count - limit} tokens are cut "
-                    f"(set `compel: true` to encode long prompts in chunks)",
-                    UserWarning,
-                    stacklevel=4,
-                )
+        seen.add((name, text, limit))
+        # verbose=False: counting is what we want here, not transformers' "longer than" notice
+        count = len(tokenizer(text, truncation=False, verbose=False).input_ids)
+        if count > limit:
+            warnings.warn(
+                f"`{name}` {text[:40]!r}... has {count} tokens but the text encoder of "
+                f"{type(pipe).__name__} takes {limit}: the last {count - limit} tokens are cut ({hint})",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
 
 
 def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
@@ -470,12 +539,18 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
     return call
 
 
-def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int):
-    """Yield (prepared, image, status, error, seconds, batch_size) per cell as each finishes."""
+def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int, progress: _Progress | None = None,
+             label: str = "", said: set | None = None):
+    """Yield (prepared, image, status, error, seconds, batch_size) per cell as each finishes.
+
+    `progress` hears of every denoising step (batched or not) and of each batch's start.
+    """
     import torch
 
+    from .loaders import quiet_call
+
     check_call_keys(pipe, cells)
-    warn_long_prompts(pipe, cells)
+    warn_long_prompts(pipe, cells, said)
     shared: dict = {}
     calls = {id(p): call_for(pipe, p, shared) for p in cells}
     direct = cells
@@ -491,19 +566,34 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
         compiled = bool((getattr(pipe, "img2img_lab_info", None) or {}).get("options", {}).get("compile"))
         for i in range(0, len(batchable), max_batch_size):
             chunk = batchable[i : i + max_batch_size]  # written to disk before the next chunk runs
-            outputs = engine.run_batched(
-                pipe, [{**calls[id(p)], "generator": _generator(p.cell.seed)} for p in chunk],
-                max_batch_size=max_batch_size, static_shapes=compiled,
-            )
+            on_step = None
+            if progress is not None:
+                progress.start(label, len(chunk))
+
+                def on_step(index, step, total, chunk=chunk):
+                    progress.step(id(chunk[index]), step, total)
+            with quiet_call():
+                outputs = engine.run_batched(
+                    pipe, [{**calls[id(p)], "generator": _generator(p.cell.seed)} for p in chunk],
+                    max_batch_size=max_batch_size, static_shapes=compiled, on_step=on_step,
+                )
             for p, out in zip(chunk, outputs):
                 if out.error is not None:
                     yield p, None, ERROR, f"{type(out.error).__name__}: {out.error}"[:2000], out.seconds, out.batch_size
                 else:
                     yield p, out.image, NAN if out.nan else OK, "", out.seconds, out.batch_size
     for p in direct:
+        call = calls[id(p)]
+        if progress is not None:
+            progress.start(label, 1)
+            fallback = effective_steps(call)  # for pipelines that don't say their step count
+
+            def on_step(step, total, p=p, fallback=fallback):
+                progress.step(id(p), step, total or fallback)
+            call = {**call, **step_callback(pipe, on_step)}
         start = time.perf_counter()
         try:
-            image, status = run_cell(pipe, calls[id(p)], p.cell.seed)
+            image, status = run_cell(pipe, call, p.cell.seed)
             error = ""
         except Exception as exc:  # recorded, and the sweep goes on
             if _is_oom(exc) and torch.cuda.is_available():

@@ -214,3 +214,20 @@ def test_can_batch(base_pipe, init_image):
         assert not can_batch(base_pipe, unsupported)
     assert not can_batch(with_scheduler(base_pipe, "LCMScheduler"), call)
     assert not can_batch(diffusers.StableDiffusionPipeline(**base_pipe.components), call)
+
+
+def test_on_step_reports_every_denoising_step_and_changes_nothing(base_pipe, init_image):
+    calls = make_calls(init_image, GRID[:6])
+    plain = run_batched(base_pipe, seeded(calls), max_batch_size=6)
+    steps = []
+    reported = run_batched(base_pipe, seeded(calls), max_batch_size=6, on_step=lambda *a: steps.append(a))
+    for a, b in zip(plain, reported):
+        assert np.array_equal(a.image, b.image)  # bit-identical: the callback only reads
+    for index, call in enumerate(calls):
+        mine = [(step, total) for i, step, total in steps if i == index]
+        total = mine[-1][1]  # the loop's length: int(STEPS * strength), +1 for PNDM's extra step
+        assert total in (int(STEPS * call["strength"]), int(STEPS * call["strength"]) + 1)
+        assert mine == [(s, total) for s in range(1, total + 1)]
+    # reported while the batch runs: late starters' first steps come after early starters' steps
+    first = [next(n for n, (i, _, _) in enumerate(steps) if i == index) for index in range(len(calls))]
+    assert max(first) > 0

@@ -1,5 +1,7 @@
 """run_sweep: cells equal direct calls, resume, extension, storage, PNG metadata, failures."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -313,3 +315,97 @@ def test_cells_share_one_resized_init_image(tmp_path, pipe):
     calls = [runner.call_for(pipe, p, shared) for p in prepared]
     assert calls[0]["image"].size == (64, 64)
     assert all(c["image"] is calls[0]["image"] for c in calls)  # preprocessed/encoded once when batched
+
+
+# --------------------------------------------------------------------------------------------
+# progress: one bar in images, moving at every denoising step, naming the model and batch
+
+
+class _Recorded:
+    """Captures the sweep's tqdm bar: every update (with its n and postfix) and image write, in order."""
+
+    def __init__(self, monkeypatch):
+        import tqdm.auto
+
+        from img2img_lab.store import SweepStore
+
+        self.events, self.bars = [], []
+        recorder = self
+
+        class Bar(tqdm.auto.tqdm):
+            def __init__(self, *args, **kwargs):
+                kwargs["disable"] = False  # shown even with pytest capturing the terminal
+                super().__init__(*args, **kwargs)
+                recorder.bars.append(self)
+
+            def update(self, n=1):
+                out = super().update(n)
+                recorder.events.append(("update", self.n, self.postfix))
+                return out
+
+        write_image = SweepStore.write_image
+
+        def writing(store, key, image, row):
+            recorder.events.append(("write", key, None))
+            return write_image(store, key, image, row)
+
+        monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+        monkeypatch.setattr(SweepStore, "write_image", writing)
+
+    def before_first_write(self):
+        first = next(i for i, e in enumerate(self.events) if e[0] == "write")
+        return [e for e in self.events[:first] if e[0] == "update"]
+
+
+@pytest.mark.parametrize("batched,postfix,in_flight", [(True, "tiny/sd15 · batch 4", 4), (False, "tiny/sd15 · 1 call", 1)])
+def test_progress_moves_during_a_batch_and_counts_cells(tmp_path, monkeypatch, batched, postfix, in_flight):
+    recorded = _Recorded(monkeypatch)
+    spec = lab.SweepSpec.from_dict({**BASE, "negative_prompt": None})  # 4 cells, 2 and 4 denoising steps
+    result = lab.run_sweep(spec, tmp_path, batched=batched)
+    assert len(recorded.bars) == 1
+    bar = recorded.bars[0]
+    assert bar.total == len(result.df) == 4 and bar.n == 4  # the final count is the number of cells, exactly
+    early = recorded.before_first_write()
+    # the bar moved by fractions of an image before the first image (of the batch) was written
+    assert len(early) >= 2 and all(0 < n < in_flight for _, n, _ in early)
+    assert [n for _, n, _ in early] == sorted(n for _, n, _ in early)
+    counts = [n for kind, n, _ in recorded.events if kind == "update"]
+    assert any(n != int(n) for n in counts)
+    assert all(postfix in (p or "") for kind, _, p in recorded.events if kind == "update")
+    assert "img/s" in str(bar) or "s/img" in str(bar)
+
+
+def test_progress_postfix_names_each_group(tmp_path, monkeypatch):
+    recorded = _Recorded(monkeypatch)
+    spec = lab.SweepSpec.from_dict({**BASE, "negative_prompt": None, "guidance_scale": 1.0, "strength": 0.5,
+                                    "scheduler": [None, "euler"]})
+    lab.run_sweep(spec, tmp_path)
+    postfixes = {p for kind, _, p in recorded.events if kind == "update"}
+    assert "tiny/sd15 · 1 call" in postfixes and "tiny/sd15 · euler · 1 call" in postfixes
+    assert recorded.bars[0].n == 2
+
+
+def test_step_callbacks_leave_the_images_unchanged(pipe):
+    init = lab.load_image("astronaut", size=64)
+    call = dict(prompt="a cat", image=init, strength=0.75, guidance_scale=5.0, num_inference_steps=4)
+    steps = []
+    plain, _ = runner.run_cell(pipe, call, 7)
+    reported, _ = runner.run_cell(pipe, {**call, **runner.step_callback(pipe, lambda *a: steps.append(a))}, 7)
+    assert np.array_equal(np.asarray(plain), np.asarray(reported))
+    total = steps[-1][1]  # the pipeline's own loop length (PNDM repeats one timestep: 3 + 1)
+    assert total in (3, 4) and steps == [(s, total) for s in range(1, total + 1)]
+
+
+def test_legacy_callback_where_a_pipeline_has_only_that():
+    upscaler = lab.load_pipeline("tiny/sd-x4-upscaler")
+    init = lab.load_image("astronaut", size=32)
+    call = dict(prompt="a cat", image=init, num_inference_steps=3)
+    steps = []
+    kwargs = runner.step_callback(upscaler, lambda *a: steps.append(a))
+    assert set(kwargs) == {"callback", "callback_steps"}
+    plain, _ = runner.run_cell(upscaler, call, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the legacy callback is this pipeline's own API: no deprecation
+        reported, _ = runner.run_cell(upscaler, {**call, **kwargs}, 1)
+    assert np.array_equal(np.asarray(plain), np.asarray(reported))
+    assert [step for step, _ in steps] == [1, 2, 3]
