@@ -527,12 +527,12 @@ def report(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from .spec import SweepSpec, known_keys, tiny_size_note
+
     # 1. validate everything before a kernel starts
     path = notebook_path(notebook)
     out = Path(out_dir).expanduser().resolve()
     injected = _report_parameters(spec_or_path, out, path, parameters)
-    from .spec import SweepSpec, known_keys, tiny_size_note
-
     note = tiny_size_note(SweepSpec.from_dict({k: v for k, v in injected.items() if k in known_keys()}))
     if note:
         print(note)  # the executed notebook says it too, where the sweep runs
