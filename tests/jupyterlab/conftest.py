@@ -1,0 +1,150 @@
+"""A real JupyterLab for the notebook tier: one server per test session, headless Chromium.
+
+The server runs on a loopback port with no token, temporary config/data/runtime dirs (set by
+tests/conftest.py before anything else), `--LabApp.expose_app_in_browser` (so a test can ask
+the page for its kernel's status), and a temporary root folder holding the notebooks the tests
+open: copies of `notebooks/*.ipynb` with their tiny parameters injected the way papermill does
+(never the committed files: JupyterLab saves outputs into what it opens).
+
+Chromium comes from Debian (`/usr/bin/chromium`, never `playwright install`); without it the tier
+is skipped, except with `IMG2IMG_LAB_REQUIRE_BROWSER=1` (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+VIEWPORT = {"width": 1280, "height": 800}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def unavailable(reason: str):
+    if os.environ.get("IMG2IMG_LAB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (IMG2IMG_LAB_REQUIRE_BROWSER=1: the JupyterLab tier must run)")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LabServer:
+    """A running `jupyter lab` serving `root`; `url(path)` for its pages, `log()` for its output."""
+
+    def __init__(self, root: Path, port: int, process: subprocess.Popen, log_path: Path):
+        self.root, self.port, self.process, self.log_path = root, port, process, log_path
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def log(self, tail: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def shutdown_kernels(self) -> None:
+        """Stop every kernel the server runs (each notebook's, once its test is done)."""
+        import json
+
+        with urllib.request.urlopen(self.url("api/sessions"), timeout=10) as r:
+            sessions = json.load(r)
+        for session in sessions:
+            request = urllib.request.Request(self.url(f"api/sessions/{session['id']}"), method="DELETE")
+            urllib.request.urlopen(request, timeout=30).close()
+
+
+@pytest.fixture(scope="session")
+def lab_server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        unavailable(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
+    try:
+        import jupyterlab  # noqa: F401
+    except ImportError:
+        unavailable("jupyterlab is not installed (pip install -e '.[test]')")
+    root = tmp_path_factory.mktemp("lab_root")
+    port = _free_port()
+    log_path = root.parent / "jupyterlab.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+         "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
+         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True", "--allow-root",
+         "--ServerApp.disable_check_xsrf=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+    )
+    server = LabServer(root, port, process, log_path)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, f"jupyter lab exited:\n{server.log()}"
+            try:
+                with urllib.request.urlopen(server.url("api/status"), timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"jupyter lab did not answer in 90 s:\n{server.log()}"
+            time.sleep(0.3)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the server and the kernels it started
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("the playwright Python package is not installed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def lab_page(chromium, lab_server):
+    """A fresh browser context at 1280x800 whose requests may only go to the local server."""
+    from urllib.parse import urlparse
+
+    context = chromium.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.blocked, page.errors = [], []
+
+    def only_local(route):
+        url = urlparse(route.request.url)
+        if url.scheme in ("data", "blob") or url.hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            page.blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+        lab_server.shutdown_kernels()
