@@ -18,7 +18,7 @@ How a chain runs, so a hand-written diffusers chain gives the same pictures:
   `.images` passed as the next `image`) when the next pipeline can take latents (SD / SDXL
   image-to-image, ControlNet image-to-image, the x2 latent upscaler) and both stages have the same
   VAE (same class, config and weights). Otherwise the stage returns a PIL image
-  (`output_type="pil"`) that the next stage encodes again, with a warning (Kandinsky 2.2 encodes
+  (`output_type="pil"`) that the next stage encodes again (Kandinsky 2.2 encodes
   every input with its MoVQ and cannot take SD latents; the x4 upscaler takes pixels);
 - a `"task": "text2img"` stage (first stage only) runs the text-to-image pipeline sharing the
   loaded weights (`related_pipeline`, i.e. `AutoPipelineForText2Image.from_pipe`).
@@ -34,7 +34,6 @@ import hashlib
 import itertools
 import json
 import time
-import warnings
 import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -338,8 +337,6 @@ def _is_text2img(pipe) -> bool:
 
 def _plan(chain: Chain, pipes: list) -> list[str]:
     """How each stage hands over to the next: "latent" or "pil" (the last one: "pil")."""
-    from .loaders import user_stacklevel
-
     plan = []
     n = len(pipes)
     for i in range(n):
@@ -369,14 +366,7 @@ def _plan(chain: Chain, pipes: list) -> list[str]:
             )
         if reason is None and asked != "pil" and chain.latents is not False:
             plan.append("latent")
-        else:
-            if reason is not None and asked is None and chain.latents is None:
-                warnings.warn(
-                    f"chain: stage {i + 2} ({chain.stages[i + 1].label()!r}) can't take stage {i + 1}'s latents "
-                    f"({reason}); decoding stage {i + 1} to an image and encoding it again",
-                    UserWarning,
-                    stacklevel=user_stacklevel(),
-                )
+        else:  # decoded to pixels and encoded again by the next stage (`params[i]['input']` says so)
             plan.append("pil")
     return plan
 
@@ -477,8 +467,8 @@ def run_chain(stages, image=None, *, seed: int = 0, latents: bool | None = None)
             `"output_type"` ("latent" / "pil", to force a hand-over).
         image: the first stage's init image (URL, path, PIL, array or sample name).
         seed: each stage runs with a fresh `torch.Generator("cpu").manual_seed(seed)`.
-        latents: None: latents between stages that share a VAE, decoded (with a warning)
-            elsewhere; True: latents everywhere or a `ValidationError`; False: always decode.
+        latents: None: latents between stages that share a VAE, decoded elsewhere (each
+            stage's `params[i]["input"]` says which); True: latents everywhere or a `ValidationError`; False: always decode.
 
     Returns:
         A `ChainResult`: `.image` (final PIL), `.images` (each stage's PIL, None where it

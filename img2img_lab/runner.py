@@ -481,6 +481,8 @@ def warn_long_texts(pipe, texts, said: set | None = None,
     at the user's call."""
     from .loaders import user_stacklevel
 
+    if (getattr(pipe, "img2img_lab_info", None) or {}).get("kind") == "tiny":
+        return  # the tiny models' byte-level tokenizer counts characters: its count says nothing of the real model's
     tokenizers = [t for t in (getattr(pipe, n, None) for n in ("tokenizer", "tokenizer_2", "prior_tokenizer"))
                   if t is not None and getattr(t, "model_max_length", 0) and t.model_max_length < 100_000]
     if not tokenizers:
