@@ -85,7 +85,8 @@ def test_defaults_and_single_cell():
     assert len(spec) == 1 and spec.swept == ()
     (cell,) = spec.cells()
     assert dict(cell.call) == {"prompt": "a cat", "negative_prompt": None, "strength": 0.8,
-                               "guidance_scale": 7.5, "num_inference_steps": 50}
+                               "guidance_scale": 7.5, "num_inference_steps": 50,
+                               "height": 64, "width": 64}  # a tiny model without a size: TINY_SIZE
     assert (cell.model, cell.image, cell.seed, cell.scheduler) == ("tiny/sd15", "cat", 0, None)
     assert cell.effective_steps == 40
 
@@ -441,8 +442,10 @@ def _key(**kwargs):
 def test_key_is_stable_and_short():
     key = _key()
     assert key == _key() and len(key) == 20 and int(key, 16) >= 0
-    # a golden value: changing the key definition silently would recompute every stored sweep
-    assert key == "f14ec966637e18449501"
+    # golden values: changing the key definition silently would recompute every stored sweep
+    assert _key(model="stable-diffusion-v1-5/stable-diffusion-v1-5") == "b11806eb227190ac2f14"
+    # a tiny model without a size runs at TINY_SIZE: its key is that of the explicit size
+    assert key == _key(height=64, width=64) == "fd886b75160818be7a2c"
 
 
 @pytest.mark.parametrize("change", [
