@@ -289,7 +289,9 @@ class Explorer(widgets.VBox):
         # 2. axis choice: preferred axes if swept, else the first two swept columns
         preferred = [c for c in PREFERRED_AXES if c in swept] + [c for c in swept if c not in PREFERRED_AXES]
         x = x or (preferred[0] if preferred else None)
-        y = y or next((c for c in preferred if c != x), None)
+        # a y axis only where it varies for one x (a model comparison whose strength goes with the
+        # model is one row, not a diagonal of a grid that is mostly empty)
+        y = y or next((c for c in preferred if c != x and not _determined(df, [x], c)), None)
         options = swept or [NO_AXIS]
         axis_layout = {"width": "max-content", "max_width": "260px"}
         self.x_axis = widgets.Dropdown(options=options, value=x or NO_AXIS, description="x",
@@ -394,8 +396,13 @@ class Explorer(widgets.VBox):
         return None if self.y_axis.value == NO_AXIS else self.y_axis.value
 
     def fixed_values(self) -> dict:
-        """The value each non-axis swept column is fixed at."""
-        return {c: w._values[w.value] for c, w in self.fixed.items() if c not in (self.x, self.y)}
+        """The value each non-axis swept column is fixed at (columns the axes determine are free)."""
+        return {c: w._values[w.value] for c, w in self.fixed.items() if c in self._free_columns()}
+
+    def _free_columns(self) -> list:
+        """Swept columns off the axes that still vary for one grid cell: each gets a control."""
+        axes = [c for c in (self.x, self.y) if c is not None]
+        return [c for c in self.fixed if c not in axes and not (axes and _determined(self.result.df, axes, c))]
 
     def visible_keys(self) -> list:
         """Content keys of the cells in grid order (row by row); None where a cell is empty."""
@@ -436,7 +443,7 @@ class Explorer(widgets.VBox):
                     position = _position(control._values, row[column])
                     if position is not None:
                         control.value = position
-        self.fixed_box.children = [w for c, w in self.fixed.items() if c not in (self.x, self.y)]
+        self.fixed_box.children = [self.fixed[c] for c in self._free_columns()]
         self._update_grid()
 
     def _on_change(self, change=None):
@@ -658,6 +665,12 @@ def _params_html(result, row, swept) -> str:
             + _folded_html(f"{len(constant)} constant parameter{'s' if len(constant) != 1 else ''}",
                            constant, "img2img-lab-constant")
             + _folded_html("run details", run, "img2img-lab-run"))
+
+
+def _determined(df, axes: list, column: str) -> bool:
+    """Whether rows that share the values of `axes` always share one value of `column`."""
+    keys = [df[a].map(_norm) for a in axes]
+    return bool((df[column].map(_norm).groupby(keys, sort=False).nunique(dropna=False) <= 1).all())
 
 
 def _sort_key(value):

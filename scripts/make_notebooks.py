@@ -78,7 +78,6 @@ if "google.colab" in sys.modules:
 
     output.enable_custom_widget_manager()
 
-%matplotlib inline
 import img2img_lab as lab
 from img2img_lab.reports import check_parameters, notebook_spec, report_axes'''
 
@@ -188,7 +187,7 @@ comparison.table(["image", "strength", "effective_steps", "pipeline_class", "sec
         ("code", 'lab.plot_grid(comparison, x="model", y="seed", title=prompt)'),
         ("md", "Each image is stored with its parameters; `lab.explore` browses them (select a cell for the "
                "code that reproduces it)."),
-        ("code", 'lab.explore(comparison)'),
+        ("code", 'lab.explore(comparison, x="model")'),
     ],
     check=check("01_quickstart"),
 )

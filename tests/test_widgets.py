@@ -338,3 +338,26 @@ def test_parameters_one_a_line_constants_folded_long_values_unbroken(tmp_path):
     assert "break-all" not in ex.params.value and "break-word" not in ex.params.value
     assert "example.com/<wbr>segment/<wbr>segment" in visible
     assert f"<span title='{word}'>{word[:39]}…</span>" in visible
+
+
+def test_columns_that_go_with_an_axis_get_no_control_and_no_empty_row(tmp_path):
+    """A model comparison: each model runs at its own strength. The default explorer is one row
+    of three cells (not a mostly empty 3x3 diagonal), and nothing fixes the co-varying columns."""
+    from dataclasses import replace
+
+    base = make_fake_sweep(tmp_path / "cmp", strength=(0.3, 0.5, 0.8), guidance_scale=(7.5,), negative_prompt=(None,),
+                           error_cell=None)
+    df = base.df.copy()
+    df["model"] = df["strength"].map({0.3: "kandinsky", 0.5: "refiner", 0.8: "sd15"})
+    df["prior_num_inference_steps"] = df["strength"].map({0.3: 25.0, 0.5: float("nan"), 0.8: float("nan")})
+    result = replace(base, df=df)
+    explorer = explore(result)
+    assert explorer.y is None and explorer.fixed_values() == {}
+    assert len(explorer.fixed_box.children) == 0
+    assert None not in explorer.visible_keys() and len(explorer.visible_keys()) == 3
+    explorer.x_axis.value = "model"
+    assert explorer.fixed_values() == {} and sorted(explorer.visible_keys()) == sorted(df["key"])
+    # a column that does vary within a cell still gets its control
+    plain = make_fake_sweep(tmp_path / "grid", error_cell=None)
+    grid = explore(plain)
+    assert (grid.x, grid.y) == ("strength", "guidance_scale") and list(grid.fixed_values()) == ["negative_prompt"]
