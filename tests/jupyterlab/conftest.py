@@ -74,6 +74,11 @@ def lab_server(tmp_path_factory):
     except ImportError:
         unavailable("jupyterlab is not installed (pip install -e '.[test]')")
     root = tmp_path_factory.mktemp("lab_root")
+    # user settings of a fresh JupyterLab, less the "Jupyter news?" toast that would cover the page
+    settings = tmp_path_factory.mktemp("lab_settings")
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}')
     port = _free_port()
     log_path = root.parent / "jupyterlab.log"
     log = open(log_path, "wb")
@@ -81,7 +86,8 @@ def lab_server(tmp_path_factory):
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
          f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True", "--allow-root",
-         "--ServerApp.disable_check_xsrf=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--ServerApp.disable_check_xsrf=True", f"--LabApp.user_settings_dir={settings}",
+         f"--LabApp.workspaces_dir={tmp_path_factory.mktemp('lab_workspaces')}", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )

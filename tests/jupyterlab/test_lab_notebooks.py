@@ -117,7 +117,8 @@ def _idle(page):
 
 
 def _run_all(page, lab_server, name: str) -> dict:
-    page.goto(lab_server.url(f"lab/tree/{name}.ipynb"), wait_until="domcontentloaded", timeout=90_000)
+    # ?reset: a fresh workspace, not the tabs the earlier tests left open
+    page.goto(lab_server.url(f"lab/tree/{name}.ipynb?reset"), wait_until="domcontentloaded", timeout=90_000)
     _wait(page, lambda: (page.evaluate(STATE) or {}).get("kernel") == "idle", 90, "the kernel to start")
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
