@@ -175,9 +175,9 @@ class Chain:
         if self.latents not in (None, True, False):
             raise ValidationError(f"`latents` must be None, True or False, got {self.latents!r}")
 
-    def run(self) -> ChainResult:
+    def run(self, progress: bool = True) -> ChainResult:
         """Run the chain (see `run_chain`)."""
-        return _run(self)
+        return _run(self, progress=progress)
 
     def with_params(self, params: dict) -> "Chain":
         """A copy with some values changed: keys `"seed"`, `"image"`, or `"stage<N>.<kwarg>"` (1-based).
@@ -412,12 +412,13 @@ def _generator(seed: int):
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
-def _run(chain: Chain) -> ChainResult:
+def _run(chain: Chain, progress: bool = True) -> ChainResult:
     import numpy as np
+    from tqdm.auto import tqdm
 
     from .images import load_image
     from .loaders import quiet_call
-    from .runner import is_nan_image, warn_long_texts
+    from .runner import is_nan_image, quiet_progress, warn_long_texts
 
     # 1. validate what needs no model
     _validate(chain)
@@ -430,15 +431,19 @@ def _run(chain: Chain) -> ChainResult:
     source = chain.image if chain.image is not None else first.kwargs.get("image")
     current = load_image(source) if source is not None else None
     images, params = [], []
+    # one bar over the stages (each pipeline's own per-call bar stays off)
+    bar = tqdm(total=len(pipes), desc="chain", unit="stage", disable=not progress)
     for i, (stage, pipe, output_type) in enumerate(zip(chain.stages, pipes, plan)):
+        bar.set_postfix_str(f"{stage.label()} · {type(pipe).__name__}", refresh=True)
         seed = int(stage.kwargs.get("seed", chain.seed))
         call = {k: v for k, v in stage.kwargs.items() if k not in RESERVED and k != "image"}
         if current is not None:
             call["image"] = current
         warn_long_texts(pipe, [(name, call.get(name)) for name in ("prompt", "negative_prompt")],
                         hint="`lab.encode_weighted` encodes long prompts in chunks")  # said here, once
-        with quiet_call():
+        with quiet_call(), quiet_progress(pipe):
             out = pipe(**call, output_type=output_type, generator=_generator(seed))
+        bar.update(1)
         current = out.images if output_type == "latent" else out.images[0]
         images.append(None if output_type == "latent" else current)
         params.append({
@@ -452,12 +457,13 @@ def _run(chain: Chain) -> ChainResult:
             **{k: _describe(v) for k, v in call.items() if k != "image"},
             **({"image": _describe(source)} if i == 0 and source is not None else {}),
         })
+    bar.close()
     # 5. collect
     status = "nan" if is_nan_image(np.asarray(current, dtype=np.float32) / 255.0) else "ok"
     return ChainResult(image=current, images=tuple(images), params=tuple(params), status=status)
 
 
-def run_chain(stages, image=None, *, seed: int = 0, latents: bool | None = None) -> ChainResult:
+def run_chain(stages, image=None, *, seed: int = 0, latents: bool | None = None, progress: bool = True) -> ChainResult:
     """Run pipelines one after another, each stage's output the next stage's `image`.
 
     Args:
@@ -469,6 +475,7 @@ def run_chain(stages, image=None, *, seed: int = 0, latents: bool | None = None)
         seed: each stage runs with a fresh `torch.Generator("cpu").manual_seed(seed)`.
         latents: None: latents between stages that share a VAE, decoded elsewhere (each
             stage's `params[i]["input"]` says which); True: latents everywhere or a `ValidationError`; False: always decode.
+        progress: one `tqdm.auto` bar over the stages (the pipelines' own per-call bars stay off).
 
     Returns:
         A `ChainResult`: `.image` (final PIL), `.images` (each stage's PIL, None where it
@@ -481,7 +488,7 @@ def run_chain(stages, image=None, *, seed: int = 0, latents: bool | None = None)
         ...     ("tiny/sd-x4-upscaler", {"prompt": "Astronaut in a jungle", "num_inference_steps": 5}),
         ... ], image="astronaut", seed=0)
     """
-    return Chain(stages=stages, image=image, seed=seed, latents=latents).run()
+    return Chain(stages=stages, image=image, seed=seed, latents=latents).run(progress=progress)
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,7 +591,7 @@ def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True):
             }
             start = time.perf_counter()
             try:
-                result = cell.run()
+                result = cell.run(progress=False)  # the sweep's bar counts the cells
                 row.update(result.row())
                 row.update(status=result.status, error="", pipeline_class=result.params[-1]["pipeline_class"])
                 row["width"], row["height"] = result.image.size

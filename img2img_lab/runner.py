@@ -92,7 +92,7 @@ def _check_pipe_matches(pipe, spec) -> None:
 
 
 @contextmanager
-def _quiet_progress(pipe):
+def quiet_progress(pipe):
     """Silence the pipeline's own per-call progress bar while the sweep shows one over cells."""
     old = dict(getattr(pipe, "_progress_bar_config", {}) or {})
     pipe.set_progress_bar_config(disable=True)
@@ -379,7 +379,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
             group_pipe = pipe if pipe is not None else load_pipeline(model, **options)
             base = _pipe_row(group_pipe, model)  # a passed pipe was checked to be this model
             no_strength = "strength" not in _explicit_parameters(group_pipe)
-            with _quiet_progress(group_pipe), _scheduler(group_pipe, scheduler):
+            with quiet_progress(group_pipe), _scheduler(group_pipe, scheduler):
 
                 label = model if scheduler is None else f"{model} · {scheduler}"
                 for p, image, status, error, seconds, batch_size in _execute(

@@ -783,6 +783,15 @@ def _key_options(options: Mapping[str, Any]) -> _FrozenDict:
 # the spec
 
 
+class _SpecDumper(yaml.SafeDumper):
+    """YAML for people: one key a line, a key's values on its line (``strength: [0.4, 0.6]``)."""
+
+
+_SpecDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)
+
+
 @dataclass(frozen=True, kw_only=True, init=False)
 class SweepSpec:
     """A sweep: a grid of image-to-image calls, validated when built, before any model loads.
@@ -1046,7 +1055,8 @@ class SweepSpec:
                 raise ValidationError(
                     f"`image` {value!r} is an in-memory picture; save it and give its path to write the spec as YAML"
                 )
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+        text = yaml.dump(self.to_dict(), Dumper=_SpecDumper, sort_keys=False, allow_unicode=True,
+                         default_flow_style=False, width=100)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text

@@ -183,3 +183,37 @@ def test_sweep_axis_keys_are_validated(tmp_path):
         sweep_chain(chain, {"strength": [0.3]}, tmp_path)
     with pytest.raises(ValidationError, match="non-empty"):
         sweep_chain(chain, {}, tmp_path)
+
+
+def test_run_chain_shows_one_bar_over_its_stages_and_no_pipeline_bars(monkeypatch, capfd):
+    import tqdm.auto
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, total=None, disable=False, **kwargs):
+            self.total, self.n, self.disable, self.postfixes = total, 0, disable, []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfixes.append(text)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    pipe = lab.load_pipeline("tiny/sd15")
+    before = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+    stages = [("tiny/sd15", {"prompt": "a", "strength": 0.6, **FAST}), ("tiny/sd15", {"prompt": "b", "strength": 0.5, **FAST})]
+    result = run_chain(stages, image="astronaut")
+    assert result.status == "ok"
+    (bar,) = bars
+    assert (bar.total, bar.n, bar.disable) == (2, 2, False)
+    assert all(p.startswith("tiny/sd15 · StableDiffusionImg2ImgPipeline") for p in bar.postfixes)
+    assert "it/s]" not in capfd.readouterr().err  # diffusers' per-call bars stayed off
+    assert dict(getattr(pipe, "_progress_bar_config", {}) or {}) == before  # and come back after
+    run_chain(stages, image="astronaut", progress=False)
+    assert bars[-1].disable

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from img2img_lab.errors import ValidationError
 from img2img_lab.spec import (
@@ -644,3 +645,13 @@ def test_clip_skip_is_refused_on_the_cli_before_any_model_loads(tmp_path, capsys
     spec.write_text("model: tiny/sd15\nprompt: a cat\nimage: cat\n")
     assert cli.main(["sweep", str(spec), "--set", "clip_skip=2", "--out", str(tmp_path / "out")]) == 2
     assert "`clip_skip`=2 can't be used: the test says so" in capsys.readouterr().err
+
+
+def test_yaml_reads_one_key_a_line_with_values_on_it():
+    spec = make(strength=[0.4, 0.6], negative_prompt=[None, "blurry"])
+    lines = spec.to_yaml().splitlines()
+    assert "strength: [0.4, 0.6]" in lines and "negative_prompt: [null, blurry]" in lines
+    assert "model: tiny/sd15" in lines and not any(line.startswith(("{", "- ")) for line in lines)
+    assert SweepSpec.from_dict(yaml.safe_load(spec.to_yaml())) == spec
+    single = make().to_yaml()
+    assert single.startswith("model: tiny/sd15\n") and "{" not in single  # not one flow-style line
