@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/demo
 
-.PHONY: setup demo test browser
+.PHONY: setup demo test browser lab
 
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -18,6 +18,10 @@ demo: setup
 
 browser:
 	bash scripts/install_browser.sh
+
+# The notebooks in JupyterLab (kernel cwd notebooks/; outputs under notebooks/runs/, ignored by git).
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \

@@ -55,6 +55,7 @@ _EXPORTS = {
     "explore": "widgets",
     "code_snippet": "widgets",
     "export_html": "htmlexport",
+    "fetch_widget_js": "htmlexport",
     "add_metrics": "metrics",
     "plot_tradeoff": "plots",
     # the guide's other experiments

@@ -350,7 +350,7 @@ def add_metrics(
     values = {c: df[c].to_numpy(copy=True) for c in columns}
     init_cache: dict = {}
     no_image = 0
-    bar = tqdm(total=len(todo), desc="metrics", disable=not progress or not todo)  # no empty bar
+    bar = tqdm(total=len(todo), desc="metrics", disable=not progress or len(todo) == 0)  # no empty bar
     for start in range(0, len(todo), batch_size):
         batch = []  # (position, init at the output's size or None, output)
         for pos in todo[start : start + batch_size]:

@@ -157,16 +157,22 @@ def test_snippet_reproduces_a_tiny_sd15_image_exactly(tmp_path):
     spec = lab.SweepSpec(model="tiny/sd15", prompt="a cat", image="astronaut", strength=[0.5, 0.8],
                          guidance_scale=5.0, num_inference_steps=3, scheduler="euler",
                          params={"height": 64, "width": 64})
-    result = lab.run_sweep(spec, tmp_path / "sweep", progress=False)
+    # one call per cell: the snippet gives the very same pixels (same process, same threads)
+    result = lab.run_sweep(spec, tmp_path / "sweep", progress=False, batched=False)
     code = code_snippet(result, 1)
     assert "lab.load_image('astronaut', size=(64, 64))" in code  # sd15 has no height/width: resized
     assert "scheduler='euler'" in code and "strength=0.8," in code
     assert "compel" not in code  # a spec setting, not an argument of the pipeline call
     namespace = {}
     exec(code, namespace)
-    np.testing.assert_array_equal(np.asarray(namespace["image"]), np.asarray(result.image(1)))
+    snippet = np.asarray(namespace["image"])
+    np.testing.assert_array_equal(snippet, np.asarray(result.image(1)))
     ex = explore(result)
     assert ex.code.value == code_snippet(result, ex.selected)
+    # batched cells: within the README's float rounding (at most one 8-bit level), whatever the CPU's kernels
+    batched = lab.run_sweep(spec, tmp_path / "batched", progress=False)
+    assert code_snippet(batched, 1) == code
+    assert np.abs(np.asarray(batched.image(1)).astype(int) - snippet).max() <= 1
 
 
 def test_snippet_control_image_and_compel(fake):

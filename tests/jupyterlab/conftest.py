@@ -116,7 +116,7 @@ def lab_server(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed before tests/test_browser.py starts its own Playwright
 def chromium():
     try:
         from playwright.sync_api import sync_playwright
