@@ -434,7 +434,7 @@ def _run(chain: Chain, progress: bool = True) -> ChainResult:
     # one bar over the stages (each pipeline's own per-call bar stays off)
     bar = tqdm(total=len(pipes), desc="chain", unit="stage", disable=not progress)
     for i, (stage, pipe, output_type) in enumerate(zip(chain.stages, pipes, plan)):
-        bar.set_postfix_str(f"{stage.label()} · {type(pipe).__name__}", refresh=True)
+        bar.set_postfix_str(stage.label(), refresh=True)
         seed = int(stage.kwargs.get("seed", chain.seed))
         call = {k: v for k, v in stage.kwargs.items() if k not in RESERVED and k != "image"}
         if current is not None:

@@ -237,7 +237,7 @@ def _corner_html(x, y) -> str:
 def _value_text(value) -> str:
     value = _plain(value)
     if _is_null(value):
-        return "None"
+        return "(none)"  # as the grid, the axis controls and the tables say it
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)

@@ -204,15 +204,15 @@ def test_run_chain_shows_one_bar_over_its_stages_and_no_pipeline_bars(monkeypatc
         def close(self):
             pass
 
+    pipe = lab.load_pipeline("tiny/sd15")  # first: huggingface_hub subclasses tqdm when it is imported
     monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
-    pipe = lab.load_pipeline("tiny/sd15")
     before = dict(getattr(pipe, "_progress_bar_config", {}) or {})
     stages = [("tiny/sd15", {"prompt": "a", "strength": 0.6, **FAST}), ("tiny/sd15", {"prompt": "b", "strength": 0.5, **FAST})]
     result = run_chain(stages, image="astronaut")
     assert result.status == "ok"
     (bar,) = bars
     assert (bar.total, bar.n, bar.disable) == (2, 2, False)
-    assert all(p.startswith("tiny/sd15 · StableDiffusionImg2ImgPipeline") for p in bar.postfixes)
+    assert bar.postfixes == ["tiny/sd15", "tiny/sd15"]
     assert "it/s]" not in capfd.readouterr().err  # diffusers' per-call bars stayed off
     assert dict(getattr(pipe, "_progress_bar_config", {}) or {}) == before  # and come back after
     run_chain(stages, image="astronaut", progress=False)

@@ -359,6 +359,8 @@ def test_columns_that_go_with_an_axis_get_no_control_and_no_empty_row(tmp_path):
     result = replace(base, df=df)
     explorer = explore(result)
     assert explorer.y is None and explorer.fixed_values() == {}
+    assert "<td>(none)</td>" in explorer.params.value.replace(" ", "") or "(none)" in explorer.params.value
+    assert ">None<" not in explorer.params.value  # a missing negative prompt reads (none), as in the grid
     assert len(explorer.fixed_box.children) == 0
     assert None not in explorer.visible_keys() and len(explorer.visible_keys()) == 3
     explorer.x_axis.value = "model"
