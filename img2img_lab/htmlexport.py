@@ -24,6 +24,7 @@ import base64
 import hashlib
 import io
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -50,6 +51,7 @@ WIDGET_JS_PACKAGES = {
     ),
 }
 _FONT_SUFFIXES = (".woff", ".woff2", ".ttf", ".eot", ".svg")
+_REMOTE_PICTURE = re.compile(r"!\[([^\]]*)\]\(\s*https?://[^)\s]+(?:\s+\"[^\"]*\")?\s*\)")  # ![alt](http...)
 
 
 def default_js_dir() -> Path:
@@ -210,7 +212,12 @@ def export_html(notebook_path, html_path, *, offline: bool = True, js_dir=None) 
     else:
         exporter = HTMLExporter(template_name="lab")
 
-    # 3. export
+    # 3. export (offline: a markdown picture from the web, such as the "Open in Colab" badge, becomes
+    #    its alt text, still a link where it was one, so the page asks the network for nothing)
+    if offline:
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                cell.source = _REMOTE_PICTURE.sub(lambda m: m.group(1) or "image", cell.source)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook_path.stem}})
     tmp = html_path.with_name(f".{html_path.name}.tmp")
     tmp.write_text(body, encoding="utf-8")

@@ -52,10 +52,15 @@ def test_offline_is_the_default_and_loads_nothing_from_a_cdn(tmp_path, notebook)
         (js / name).write_text("//")
     nb = nbformat.read(notebook, as_version=4)
     nb.cells.append(new_markdown_cell("a formula $x^2$ and a diagram"))
+    nb.cells.append(new_markdown_cell("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+                                      "(https://colab.research.google.com/github/o/r/blob/main/nb.ipynb) and "
+                                      "![a plot](http://example.com/p.png \"title\")"))
     nbformat.write(nb, notebook)
     text = export_html(notebook, tmp_path / "page.html", js_dir=js).read_text()
-    external = sorted(set(re.findall(r"""(?:src|href)=["'](https?://[^"']+)""", text)))
-    assert external == [], external
+    external = sorted(set(re.findall(r"""src=["'](https?://[^"']+)""", text)))
+    assert external == [], external  # nothing the browser would fetch
+    assert "Open In Colab</a>" in text and "colab.research.google.com/github/o/r" in text  # a text link now
+    assert "a plot" in text and "example.com/p.png" not in text
     assert "MathJax" not in text and "mermaid.esm" not in text and "cdnjs" not in text
     assert "'page_files/embed-amd.js'" in text
 
