@@ -65,8 +65,8 @@ def filter_rows(df: pd.DataFrame, where=None) -> pd.DataFrame:
                     f"`where` names column {column!r}, which the sweep does not have; columns: {list(df.columns)}"
                 )
             values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
-            wanted = {_norm(v) for v in values}
-            mask &= df[column].map(_norm).isin(wanted)
+            wanted = {norm_value(v) for v in values}
+            mask &= df[column].map(norm_value).isin(wanted)
         return df[mask]
     if isinstance(where, str):
         try:
@@ -88,7 +88,7 @@ def filter_rows(df: pd.DataFrame, where=None) -> pd.DataFrame:
     )
 
 
-def _norm(value):
+def norm_value(value):
     """A hashable stand-in for a cell value: None/NaN become one value, lists/dicts their repr."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return _NULL
@@ -104,7 +104,7 @@ def _norm(value):
 def format_value(value, max_chars: int = _LABEL_CHARS, ellipsis: str = "…") -> str:
     """A short label for a parameter value: ``0.75``, ``""`` for an empty prompt, ``(none)`` for
     None/NaN (no negative prompt), long text shortened."""
-    if _norm(value) == _NULL:
+    if norm_value(value) == _NULL:
         return NONE_LABEL
     if isinstance(value, np.generic):
         value = value.item()
@@ -154,7 +154,7 @@ def value_labels(column: str | None, values: list, labels: dict | None = None, *
         >>> value_labels("model", ["a/sd15", "b/sd15", "stabilityai/sdxl-turbo"])
         ['a/sd15', 'b/sd15', 'sdxl-turbo']
     """
-    given = [(labels or {}).get(_norm(v)) for v in values]
+    given = [(labels or {}).get(norm_value(v)) for v in values]
     prompt = isinstance(column, str) and "prompt" in column
     parts = [None if prompt or g is not None else _path_parts(v) for v, g in zip(values, given)]
     depth = [1] * len(values)
@@ -208,24 +208,24 @@ def label_maps(df: pd.DataFrame, labels, columns: list[str]) -> dict[str, dict]:
                 )
     out, matched = {}, set()
     for column, mapping in per_column.items():
-        known = set(df[column].map(_norm))
+        known = set(df[column].map(norm_value))
         out[column] = {}
         for value, label in mapping.items():
             if not isinstance(label, str):
                 raise ValidationError(
                     f"`labels`: the label of {column}={value!r} must be a str, got {type(label).__name__}: {label!r}"
                 )
-            if _norm(value) in known:
-                out[column][_norm(value)] = label
-                matched.add(_norm(value))
+            if norm_value(value) in known:
+                out[column][norm_value(value)] = label
+                matched.add(norm_value(value))
             elif not flat:
-                shown = [format_value(v) for v in _axis_values(df[column])]
+                shown = [format_value(v) for v in axis_values(df[column])]
                 raise ValidationError(
                     f"`labels`: column {column!r} has no value {value!r}; its values: {shown[:8]}"
                     + (" ..." if len(shown) > 8 else "")
                 )
     if flat:
-        unknown = [v for v in labels if _norm(v) not in matched]
+        unknown = [v for v in labels if norm_value(v) not in matched]
         if unknown:
             raise ValidationError(
                 f"`labels`: no value of the axes {columns} is {unknown[0]!r}; label values of those "
@@ -246,13 +246,13 @@ def parameter_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
 
 
-def _axis_values(series: pd.Series) -> list:
+def axis_values(series: pd.Series) -> list:
     """Distinct values of an axis: numbers sorted, anything else in order of first appearance."""
     seen = {}
     for value in series:
-        seen.setdefault(_norm(value), value)
+        seen.setdefault(norm_value(value), value)
     values = list(seen.values())
-    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and _norm(v) != _NULL for v in values)
+    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and norm_value(v) != _NULL for v in values)
     return sorted(values) if numeric else values
 
 
@@ -282,7 +282,7 @@ class GridLayout:
         out = {}
         for _, row in self.df.iterrows():
             path = row.get("init_image_path")
-            if _norm(path) == _NULL or path == "" or path in out:
+            if norm_value(path) == _NULL or path == "" or path in out:
                 continue
             out[path] = row.get("image", "") if "image" in self.df.columns else ""
         names = value_labels("image", list(out.values()), labels)
@@ -318,17 +318,17 @@ def grid_layout(result, x: str, y: str, z: str | None = None, where=None, *, cal
 
     # 3. refuse ambiguous cells: several rows per cell that differ in a non-axis parameter
     axis_columns = list(axes.values())
-    normed = df.map(_norm) if hasattr(df, "map") else df.applymap(_norm)
+    normed = df.map(norm_value) if hasattr(df, "map") else df.applymap(norm_value)
     others = [c for c in parameter_columns(df) if c not in axis_columns]
     if others:
         counts = normed.groupby(axis_columns, dropna=False, sort=False)[others].nunique(dropna=False).max()
         varying = [c for c in others if counts[c] > 1]
         if varying:
             examples = ", ".join(
-                f"{c}: {[format_value(v) for v in _axis_values(df[c])][:4]}" for c in varying
+                f"{c}: {[format_value(v) for v in axis_values(df[c])][:4]}" for c in varying
             )
             first = varying[0]
-            value = _axis_values(df[first])[0]
+            value = axis_values(df[first])[0]
             hint = f"pick one with `where={{{first!r}: {None if _is_null_value(value) else value!r}}}`"
             if z is None:
                 hint += f" or make it a panel axis with `z={first!r}`"
@@ -338,11 +338,11 @@ def grid_layout(result, x: str, y: str, z: str | None = None, where=None, *, cal
             )
 
     # 4. place rows
-    x_values, y_values = _axis_values(df[x]), _axis_values(df[y])
-    z_values = _axis_values(df[z]) if z is not None else [None]
-    x_index = {_norm(v): i for i, v in enumerate(x_values)}
-    y_index = {_norm(v): i for i, v in enumerate(y_values)}
-    z_index = {_norm(v): i for i, v in enumerate(z_values)}
+    x_values, y_values = axis_values(df[x]), axis_values(df[y])
+    z_values = axis_values(df[z]) if z is not None else [None]
+    x_index = {norm_value(v): i for i, v in enumerate(x_values)}
+    y_index = {norm_value(v): i for i, v in enumerate(y_values)}
+    z_index = {norm_value(v): i for i, v in enumerate(z_values)}
     cells = {}
     for (_, row), (_, nrow) in zip(df.iterrows(), normed.iterrows()):
         zi = z_index[nrow[z]] if z is not None else 0
@@ -359,7 +359,7 @@ def cell_image(result, row) -> tuple[Image.Image | None, str | None]:
     if row is None:
         return None, "not run"
     status = row.get("status", "ok")
-    if _norm(status) != _NULL and status not in ("ok", ""):
+    if norm_value(status) != _NULL and status not in ("ok", ""):
         return None, str(status) if status in ("error", "nan") else "error"
     image = result.image(row)
     return (image, None) if image is not None else (None, "missing")
@@ -377,7 +377,7 @@ def cell_message(row, reason: str) -> str:
     the reason means ("nan: the output decoded to NaN (a black image)", "not run", ...)."""
     if reason == "error":
         error = row.get("error") if row is not None else None
-        text = "" if _norm(error) == _NULL else " ".join(str(error).split())
+        text = "" if norm_value(error) == _NULL else " ".join(str(error).split())
         return f"error: {text}" if text else "error"
     return _MESSAGES.get(reason, reason)
 
@@ -389,7 +389,7 @@ def wrap_lines(text: str, width: int, max_lines: int, placeholder: str = " …")
     return textwrap.wrap(text, width, max_lines=max_lines, placeholder=placeholder, break_long_words=True) or [""]
 
 
-def _placeholder(size: tuple[int, int], reason: str | None = None, font=None) -> Image.Image:
+def placeholder_tile(size: tuple[int, int], reason: str | None = None, font=None) -> Image.Image:
     """A grey tile with a cross, and ``reason`` written in the middle when given (wrapped and
     shortened to fit the tile)."""
     w, h = size
@@ -446,7 +446,7 @@ def _tiles(result, layout: GridLayout, zi: int, box: tuple[int, int], gutter: in
             image, reason = cell_image(result, row)
             if image is None:
                 message = cell_message(row, reason)
-                fitted = _placeholder(box, message if font is not None else None, font)
+                fitted = placeholder_tile(box, message if font is not None else None, font)
                 placeholders.append((yi, xi, reason, message))
             else:
                 fitted = ImageOps.pad(image, box, method=Image.Resampling.LANCZOS, color=BACKGROUND)
@@ -473,7 +473,7 @@ def _panel_shape(nz: int) -> tuple[int, int]:
 def _default_title(layout: GridLayout) -> str:
     parts = [f"x: {layout.x}", f"y: {layout.y}"] + ([f"z: {layout.z}"] if layout.z else [])
     title = "   ".join(parts)
-    if "prompt" in layout.df.columns and layout.df["prompt"].map(_norm).nunique() == 1:
+    if "prompt" in layout.df.columns and layout.df["prompt"].map(norm_value).nunique() == 1:
         title += f"\nprompt: {format_value(layout.df['prompt'].iloc[0], 80)}"
     return title
 

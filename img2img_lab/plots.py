@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .errors import ValidationError
-from .grid import _axis_values, _norm, filter_rows, is_metric_column, value_labels
+from .grid import axis_values, norm_value, filter_rows, is_metric_column, value_labels
 
 # What a higher value means, for the y-axis label.
 _READING = {
@@ -95,13 +95,13 @@ def plot_tradeoff(
         )
 
     # 3. x positions: by value when numeric, evenly spaced otherwise
-    x_values = _axis_values(df[x])
+    x_values = axis_values(df[x])
     numeric_x = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in x_values)
-    position = {_norm(v): (float(v) if numeric_x else i) for i, v in enumerate(x_values)}
+    position = {norm_value(v): (float(v) if numeric_x else i) for i, v in enumerate(x_values)}
 
     # 4. one line per (hue, style)
-    hue_values = _axis_values(df[hue]) if hue else [None]
-    style_values = _axis_values(df[style]) if style else [None]
+    hue_values = axis_values(df[hue]) if hue else [None]
+    style_values = axis_values(df[style]) if style else [None]
     numeric_hue = hue is not None and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in hue_values)
     if numeric_hue and len(hue_values) > 1:
         cmap, lo, hi = colormaps["viridis"], min(hue_values), max(hue_values)
@@ -115,19 +115,19 @@ def plot_tradeoff(
     # legend entries and category ticks: URLs, paths and hub ids by their short names
     hue_labels = value_labels(hue, hue_values) if hue else [None]
     style_labels = value_labels(style, style_values) if style else [None]
-    hue_key = df[hue].map(_norm) if hue else None
-    style_key = df[style].map(_norm) if style else None
+    hue_key = df[hue].map(norm_value) if hue else None
+    style_key = df[style].map(norm_value) if style else None
     for hi_, hv in enumerate(hue_values):
         for si, sv in enumerate(style_values):
             mask = np.ones(len(df), dtype=bool)
             if hue:
-                mask &= (hue_key == _norm(hv)).to_numpy()
+                mask &= (hue_key == norm_value(hv)).to_numpy()
             if style:
-                mask &= (style_key == _norm(sv)).to_numpy()
+                mask &= (style_key == norm_value(sv)).to_numpy()
             part = df[mask]
             if part.empty:
                 continue
-            xs = part[x].map(lambda v: position[_norm(v)]).to_numpy(dtype=float)
+            xs = part[x].map(lambda v: position[norm_value(v)]).to_numpy(dtype=float)
             ys = part[y].to_numpy(dtype=float)
             order = sorted(set(xs))
             mean = np.array([ys[xs == p].mean() for p in order])

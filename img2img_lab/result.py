@@ -171,7 +171,7 @@ class SweepResult:
         return out
 
     def _repr_html_(self) -> str:
-        from .grid import _norm  # grid imports this module
+        from .grid import norm_value  # grid imports this module
 
         df = self.df
         done, failed = self._counts()
@@ -181,7 +181,7 @@ class SweepResult:
         summary = (f"<p><b>SweepResult</b>: {', '.join(parts)}; folder <code>{html.escape(str(self.out_dir))}</code>"
                    f"</p>")
         # 2. the columns that take one value, folded
-        constant = [c for c in df.columns if c not in swept and len(df) and df[c].map(_norm).nunique(dropna=False) == 1]
+        constant = [c for c in df.columns if c not in swept and len(df) and df[c].map(norm_value).nunique(dropna=False) == 1]
         folded = ""
         if constant:
             items = "".join(f"<li><code>{html.escape(c)}</code> = {_value_html(df[c].iloc[0])}</li>" for c in constant)

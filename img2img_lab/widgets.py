@@ -20,7 +20,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from .grid import _axis_values, _norm, _placeholder, cell_image, format_value, grid_layout, is_metric_column
+from .grid import axis_values, norm_value, placeholder_tile, cell_image, format_value, grid_layout, is_metric_column
 from .result import BOOKKEEPING_COLUMNS
 
 PREFERRED_AXES = ("strength", "guidance_scale")
@@ -77,7 +77,7 @@ def _plain(value):
 
 
 def _is_null(value) -> bool:
-    return _norm(value) == _norm(None)
+    return norm_value(value) == norm_value(None)
 
 
 def _png_bytes(image, max_side: int | None = None) -> bytes:
@@ -301,7 +301,7 @@ class Explorer(widgets.VBox):
         self._axes = (self.x, self.y)
         self.fixed = {}
         for column in swept:
-            values = _axis_values(df[column])
+            values = axis_values(df[column])
             labelled = [(format_value(v), i) for i, v in enumerate(values)]
             numeric = all(isinstance(_plain(v), numbers.Real) and not _is_null(v) for v in values)
             control = (widgets.SelectionSlider if numeric else widgets.Dropdown)(
@@ -469,7 +469,7 @@ class Explorer(widgets.VBox):
     def _layout_rows(self) -> pd.DataFrame:
         df = self.result.df
         for column, value in self.fixed_values().items():
-            df = df[df[column].map(_norm) == _norm(value)]
+            df = df[df[column].map(norm_value) == norm_value(value)]
         return df
 
     def _update_grid(self):
@@ -562,7 +562,7 @@ class Explorer(widgets.VBox):
     def _placeholder(self, reason: str) -> bytes:
         cache_key = ("placeholder", reason)
         if cache_key not in self._thumbs:
-            self._thumbs[cache_key] = _png_bytes(_placeholder((self.thumb, self.thumb), reason))
+            self._thumbs[cache_key] = _png_bytes(placeholder_tile((self.thumb, self.thumb), reason))
         return self._thumbs[cache_key]
 
     def _update_ranked(self):
@@ -613,7 +613,7 @@ class Explorer(widgets.VBox):
                 note = f"the selected image ({self._describe(row)}) is hidden by the filter"
             elif hasattr(self, "_n_cells") and self.selected not in self.visible_keys():
                 fixed = ", ".join(f"{c}={format_value(row[c])}" for c, v in self.fixed_values().items()
-                                  if _norm(row[c]) != _norm(v))
+                                  if norm_value(row[c]) != norm_value(v))
                 note = f"the selected image ({self._describe(row)}) is not in this grid; it has {fixed}"
         note_html = f" · <b>{html.escape(note)}</b>" if note else ""
         self.message.value = self._ranked_text + note_html
@@ -643,9 +643,9 @@ class Explorer(widgets.VBox):
 
 
 def _position(values, value):
-    """Index of `value` among a control's values (None, NaN and numpy scalars compared by `_norm`)."""
-    wanted = _norm(value)
-    return next((i for i, v in enumerate(values) if _norm(v) == wanted), None)
+    """Index of `value` among a control's values (None, NaN and numpy scalars compared by `norm_value`)."""
+    wanted = norm_value(value)
+    return next((i for i, v in enumerate(values) if norm_value(v) == wanted), None)
 
 
 def _params_html(result, row, swept) -> str:
@@ -669,8 +669,8 @@ def _params_html(result, row, swept) -> str:
 
 def _determined(df, axes: list, column: str) -> bool:
     """Whether rows that share the values of `axes` always share one value of `column`."""
-    keys = [df[a].map(_norm) for a in axes]
-    return bool((df[column].map(_norm).groupby(keys, sort=False).nunique(dropna=False) <= 1).all())
+    keys = [df[a].map(norm_value) for a in axes]
+    return bool((df[column].map(norm_value).groupby(keys, sort=False).nunique(dropna=False) <= 1).all())
 
 
 def _sort_key(value):
@@ -682,11 +682,11 @@ def _one_row_layout(df, x):
     """A grid with one row (no y axis), as `grid_layout` would give it."""
     from .grid import GridLayout
 
-    x_values = _axis_values(df[x])
-    index = {_norm(v): i for i, v in enumerate(x_values)}
+    x_values = axis_values(df[x])
+    index = {norm_value(v): i for i, v in enumerate(x_values)}
     cells = {}
     for _, row in df.iterrows():
-        cell = (0, 0, index[_norm(row[x])])
+        cell = (0, 0, index[norm_value(row[x])])
         if cell not in cells or (cells[cell].get("status") != "ok" and row.get("status") == "ok"):
             cells[cell] = row
     return GridLayout(x, "__y", None, x_values, [None], [None], cells, df)
