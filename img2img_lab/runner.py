@@ -219,8 +219,6 @@ def _load_init_image(source, model):
     Returns (image, what was loaded): `source` itself, or the sample's name "astronaut" when it
     stood in for the URL (the row records that name, so its snippet loads the very same picture).
     """
-    import inspect
-
     from .images import load_image
 
     try:
@@ -229,17 +227,14 @@ def _load_init_image(source, model):
         offline_url = isinstance(source, str) and source.startswith(("http://", "https://"))
         if not (offline_url and str(model).startswith("tiny/")):
             raise
-    # point the warning at the user's line (run_sweep, sweep_chain, the CLI...), not at ours
-    package, level, frame = str(Path(__file__).resolve().parent), 1, inspect.currentframe()
-    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
-        frame, level = frame.f_back, level + 1
-    del frame
+    from .loaders import user_stacklevel
+
     warnings.warn(
         f"`image` {source!r} could not be fetched (offline?); the random-weight model {model!r} runs on "
         f"the offline sample 'astronaut' instead. Its rows record `image='astronaut'` (the URL in "
         f"`image_requested`); real models never substitute an image.",
         UserWarning,
-        stacklevel=level,
+        stacklevel=user_stacklevel(),  # the user's line (run_sweep, sweep_chain, the CLI...), not ours
     )
     return load_image("astronaut"), "astronaut"
 
