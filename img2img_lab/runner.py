@@ -213,11 +213,12 @@ def _pipe_row(pipe, model_label: str) -> dict:
     return row
 
 
-def _load_init_image(source, model):
+def _load_init_image(source, model, notes: list):
     """Load an init image; a tiny smoke model may run offline on a stand-in for an unreachable URL.
 
     Returns (image, what was loaded): `source` itself, or the sample's name "astronaut" when it
-    stood in for the URL (the row records that name, so its snippet loads the very same picture).
+    stood in for the URL (the row records that name, so its snippet loads the very same picture);
+    a stand-in adds its one-line notice to `notes`.
     """
     from .images import load_image
 
@@ -227,15 +228,8 @@ def _load_init_image(source, model):
         offline_url = isinstance(source, str) and source.startswith(("http://", "https://"))
         if not (offline_url and str(model).startswith("tiny/")):
             raise
-    from .loaders import user_stacklevel
-
-    warnings.warn(
-        f"`image` {source!r} could not be fetched (offline?); the random-weight model {model!r} runs on "
-        f"the offline sample 'astronaut' instead. Its rows record `image='astronaut'` (the URL in "
-        f"`image_requested`); real models never substitute an image.",
-        UserWarning,
-        stacklevel=user_stacklevel(),  # the user's line (run_sweep, sweep_chain, the CLI...), not ours
-    )
+    notes.append(f"`image` {source!r} could not be fetched (offline?): the random-weight {model} runs on "
+                 f"the offline sample 'astronaut' (rows: image='astronaut', the URL in image_requested)")
     return load_image("astronaut"), "astronaut"
 
 
@@ -266,17 +260,26 @@ def _run_dtype(spec, pipe) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _prepare(spec, store: SweepStore, dtype: str) -> list[_Prepared]:
-    """Expand the grid, load each distinct init image once, and give each cell its content key."""
-    from .images import image_hash
+def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> list[_Prepared]:
+    """Expand the grid, load each distinct init image once, and give each cell its content key.
 
+    What the user should know about the run (tiny models at a small size, a stand-in picture)
+    goes into `notes`, one line each, for `run_sweep` to say once.
+    """
+    from .images import image_hash
+    from .spec import tiny_size_note
+
+    notes = [] if notes is None else notes
+    size_note = tiny_size_note(spec)
+    if size_note:
+        notes.append(size_note)
     images: dict = {}
     prepared = []
     for cell in spec.cells():
         source = cell.image
         ref = source if isinstance(source, str) else id(source)  # PIL images are not hashable
         if ref not in images:  # once per distinct source: one load, one substitution notice
-            image, loaded = _load_init_image(source, cell.model)
+            image, loaded = _load_init_image(source, cell.model, notes)
             digest = image_hash(image)
             images[ref] = (image, digest, store.write_input(digest, image), loaded)
         image, digest, rel, loaded = images[ref]
@@ -336,8 +339,11 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
     store = SweepStore(out_dir)
     started = datetime.now(timezone.utc).isoformat()
 
-    # 2. expand the grid into cells with content keys
-    prepared = _prepare(spec, store, _run_dtype(spec, pipe))
+    # 2. expand the grid into cells with content keys; say once what the user should know about it
+    notes: list = []
+    prepared = _prepare(spec, store, _run_dtype(spec, pipe), notes)
+    for note in notes:
+        print(note)  # one plain line each (not a warning: nothing is wrong with the user's call)
 
     # 3. skip cells already finished in this folder; under `accelerate launch` each process takes
     #    its share of the rest (every process reads the table before any of them writes)

@@ -943,15 +943,13 @@ class SweepSpec:
         swept = set(self.swept)
         seqs = {k: seq for k, (_, seq) in call_parameters().items()}
         key_options = _key_options(self.options)
-        note = tiny_size_note(self)
-        if note:
-            print(note)
+        tiny_size = tiny_size_note(self) is not None  # said once by run_sweep, not here: cells() is pure
         cells = []
         for combo in itertools.product(*(values for _, values in axes)):
             point = dict(zip(names, combo))
             call = {k: point[k] for k in _CALL_AXES}
             call.update({k: _thaw(point[k], seqs.get(k, list)) for k in self.params})
-            if note and _is_tiny(point["model"]):
+            if tiny_size and _is_tiny(point["model"]):
                 call.update(height=_tiny_size(), width=_tiny_size())  # in the call, so in the key and the row
             cells.append(Cell(
                 model=point["model"],

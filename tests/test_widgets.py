@@ -197,9 +197,8 @@ def test_axis_swaps_and_one_row(fake):
     assert ex.x == "strength" and ex.y not in (None, "strength")
 
 
-def test_snippet_loads_the_offline_stand_in_not_the_unreachable_url(tmp_path):
+def test_snippet_loads_the_offline_stand_in_not_the_unreachable_url(tmp_path, capsys, recwarn):
     import socket
-    import warnings
 
     import img2img_lab as lab
 
@@ -208,12 +207,11 @@ def test_snippet_loads_the_offline_stand_in_not_the_unreachable_url(tmp_path):
         url = f"http://127.0.0.1:{s.getsockname()[1]}/x.png"
     spec = lab.SweepSpec(model="tiny/sd15", prompt="a cat", image=url, strength=[0.5, 0.8],
                          guidance_scale=5.0, num_inference_steps=3, params={"height": 64, "width": 64})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = lab.run_sweep(spec, tmp_path / "sweep", progress=False, batched=False)
-    notices = [w for w in caught if "could not be fetched" in str(w.message)]
-    assert len(notices) == 1  # once per sweep and source, not once per cell
-    assert notices[0].filename == __file__  # the user's call, not the package's own lines
+    result = lab.run_sweep(spec, tmp_path / "sweep", progress=False, batched=False)
+    printed = capsys.readouterr().out
+    assert printed.count("could not be fetched") == 1  # one line per sweep and source, not per cell
+    assert f"`image` {url!r} could not be fetched (offline?): the random-weight tiny/sd15 runs on" in printed
+    assert not [w for w in recwarn if "could not be fetched" in str(w.message)]  # a notice, not a warning
     # the row names what was loaded; the URL asked for is kept beside it (bookkeeping, not a parameter)
     assert list(result.df["image"]) == ["astronaut", "astronaut"]
     assert list(result.df["image_requested"]) == [url, url]
