@@ -126,6 +126,7 @@ def fetch_widget_js(dest=None, *, registry: str | None = None, timeout: float = 
         if missing:
             raise ValidationError(f"the npm tarballs {list(WIDGET_JS_PACKAGES)} did not hold {missing}")
         (staging / "VERSIONS").write_text(_versions_line() + "\n")
+        staging.chmod(0o755)  # mkdtemp's 0700 would follow the copies beside every page
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)
@@ -207,6 +208,7 @@ def export_html(notebook_path, html_path, *, offline: bool = True, js_dir=None) 
         if assets.exists():
             shutil.rmtree(assets)
         shutil.copytree(source, assets, ignore=shutil.ignore_patterns("*.map", "*.tgz", "VERSIONS"))
+        assets.chmod(0o755)  # served with the page, whatever the cache folder's mode
         exporter.widget_renderer_url = f"{assets.name}/{EMBED_JS}"
         exporter.require_js_url = f"{assets.name}/{REQUIRE_JS}"
     else:

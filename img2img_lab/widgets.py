@@ -28,6 +28,7 @@ NO_AXIS = "(none)"  # y option for a one-row grid
 # Row columns that are not keywords of the pipeline call (they go to load_pipeline, load_image, the generator).
 _NOT_CALL = frozenset({"model", "image", "seed", "scheduler", "compel"})
 _RANKED_ROWS = 10
+SORT_EXTRAS = ("effective_steps", "seconds", "status")  # rankable besides the swept columns and metrics
 # On-screen sizes. Every image is shown at a set size (CSS object-fit), whatever its pixel size, so
 # a 3x3 sweep's explorer fits one 1280x800 JupyterLab view with 64 px and with 1024 px images.
 MAX_WIDTH = "1100px"  # a JupyterLab output area at 1280 px window width
@@ -346,7 +347,10 @@ class Explorer(widgets.VBox):
 
         # 4. sort and filter: the ranked list shares a Tab with the grid, so it adds no height
         metric_columns = [c for c in df.columns if is_metric_column(c)]
-        sortable = swept + metric_columns + [c for c in df.columns if c not in swept and c not in metric_columns]
+        # what a ranking is for: the swept values, the metrics, and how each cell ran (not file names or keys)
+        sortable = list(dict.fromkeys(
+            swept + metric_columns + [c for c in SORT_EXTRAS if c in df.columns]
+        )) or [c for c in df.columns if c not in BOOKKEEPING_COLUMNS][:1] or ["key"]
         self.sort_by = widgets.Dropdown(options=sortable, value=(metric_columns or sortable)[0], description="sort by",
                                         layout=widgets.Layout(width="max-content", max_width="260px"))
         self.ascending = widgets.ToggleButton(value=True, description="ascending",

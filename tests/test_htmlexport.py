@@ -127,6 +127,7 @@ def test_fetch_widget_js_checks_integrity_and_fetches_once(tmp_path, registry):
     assert htmlexport.fetch_widget_js(dest, registry=registry.url) == dest
     assert sorted(p.name for p in dest.iterdir()) == ["VERSIONS", "abc.woff2", "embed-amd.js", "require.js"]
     assert (dest / "embed-amd.js").read_bytes() == b"/* embed */"
+    assert dest.stat().st_mode & 0o777 == 0o755  # readable by whoever is served the pages
     assert len(registry.requests) == 2
     htmlexport.fetch_widget_js(dest, registry=registry.url)  # already there: no request
     assert len(registry.requests) == 2

@@ -367,3 +367,10 @@ def test_columns_that_go_with_an_axis_get_no_control_and_no_empty_row(tmp_path):
     plain = make_fake_sweep(tmp_path / "grid", error_cell=None)
     grid = explore(plain)
     assert (grid.x, grid.y) == ("strength", "guidance_scale") and list(grid.fixed_values()) == ["negative_prompt"]
+
+
+def test_sort_offers_the_swept_columns_metrics_and_run_facts_only(fake):
+    options = list(explore(fake).sort_by.options)
+    assert options[: len(fake.swept)] == list(fake.swept)
+    assert {"seconds", "status"} <= set(options)
+    assert not {"key", "image_path", "init_image_path", "image_hash", "created", "error"} & set(options)
