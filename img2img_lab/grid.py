@@ -30,6 +30,7 @@ PLACEHOLDER_CROSS = (140, 140, 140)
 PLACEHOLDER_TEXT = (170, 0, 0)
 MAX_SIDE = 16384  # px; larger images break most viewers and many encoders
 MIN_CELL = 256  # px on screen: the least a cell of `plot_grid` shows at (tiny models make 64 px images)
+MIN_PANEL_CELL = 128  # px: z panels go on more rows before their cells get smaller than this
 _LABEL_CHARS = 28  # labels longer than this (prompts, URLs) are shortened
 _NULL = "\x00<null>"  # stands for None/NaN when grouping cell values
 NONE_LABEL = "(none)"  # how a missing value (None/NaN, e.g. no negative prompt) reads
@@ -462,11 +463,12 @@ def _mosaic(tiles: list[Image.Image], rows: int, cols: int) -> Image.Image:
     return make_image_grid(tiles, rows=rows, cols=cols)
 
 
-def _panel_shape(nz: int) -> tuple[int, int]:
-    """(rows, cols) of z panels: side by side up to 3, then a near-square arrangement."""
-    if nz <= 3:
-        return 1, nz
-    cols = math.ceil(math.sqrt(nz))
+def _panel_shape(nz: int, per_row: int | None = None) -> tuple[int, int]:
+    """(rows, cols) of z panels: side by side up to 3, then a near-square arrangement; at most
+    ``per_row`` side by side (more rows instead) when given."""
+    cols = nz if nz <= 3 else math.ceil(math.sqrt(nz))
+    if per_row is not None:
+        cols = max(1, min(cols, per_row))
     return math.ceil(nz / cols), cols
 
 
@@ -587,7 +589,13 @@ def plot_grid(
     layout = grid_layout(result, x, y, z, where, caller="plot_grid")
     maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels)
     nz, ny, nx = layout.shape
-    zr, zc = _panel_shape(nz)
+    # panels side by side only while their cells keep MIN_PANEL_CELL px across max_figsize's width
+    # (a 4x4 grid in three panels wraps to two rows instead of shrinking every picture to a stamp)
+    from matplotlib import rcParams
+
+    cell_in = MIN_PANEL_CELL / rcParams["figure.dpi"]
+    per_row = int((max_figsize[0] - 1.6 - (cell_in if show_init else 0)) // (nx * cell_in + 0.6))
+    zr, zc = _panel_shape(nz, per_row=max(1, per_row))
     inits = layout.init_paths(maps.get("image")) if show_init else []
     shown_inits = inits[:4]
 

@@ -467,3 +467,18 @@ def test_figures_show_once_in_a_kernel(measured_folder, tmp_path, setup):
         assert len(pngs) == 1, (setup, cell.source, cell.outputs)
         assert text_only == [], (setup, cell.source, text_only)
         assert Image.open(io.BytesIO(base64.b64decode(pngs[0]["data"]["image/png"]))).width > 200
+
+
+def test_three_panels_of_4x4_wrap_instead_of_shrinking_to_stamps(tmp_path):
+    """The guide's combined sweep (4 strengths x 4 guidance scales x 3 negative prompts)."""
+    result = make_fake_sweep(tmp_path / "s", strength=(0.4, 0.6, 0.8, 1.0), guidance_scale=(0.1, 5.0, 8.0, 10.0),
+                             negative_prompt=(None, "ugly", "jungle"), error_cell=None)
+    fig = plot_grid(result, z="negative_prompt")
+    fig._repr_png_()  # drawn as the notebook shows it
+    panels = [ax for ax in fig.axes if any(str(im.get_gid()).startswith("panel:") for im in ax.images)]
+    assert len(panels) == 3
+    rows = sorted({round(ax.get_position().y0, 2) for ax in panels})
+    assert len(rows) == 2  # two panels on the first row, the third below
+    cells = [ax.get_window_extent().width / 4 for ax in panels]
+    assert min(cells) >= 120, cells  # each picture still reads (side by side they were ~55 px on screen)
+    assert fig.get_size_inches()[0] <= 16
