@@ -19,6 +19,7 @@ _READING = {
     "clip_score": "higher = closer to prompt",
 }
 _LINESTYLES = ("-", "--", ":", "-.")
+LEGEND_INSIDE = 6  # legends with more entries go outside the axes
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
@@ -149,7 +150,12 @@ def plot_tradeoff(
     ax.grid(True, alpha=0.3)
     legend_title = ", ".join(c for c in (hue, style) if c)
     if legend_title:
-        ax.legend(title=legend_title, fontsize="small")
+        entries = len(ax.get_legend_handles_labels()[1])
+        if entries > LEGEND_INSIDE:  # a long legend goes beside the plot, not over its lines
+            ax.legend(title=legend_title, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1),
+                      borderaxespad=0, ncols=1 + (entries - 1) // 16)
+        else:
+            ax.legend(title=legend_title, fontsize="small")
     if title is None:
         title = f"{y} vs {x}" + {"band": " (mean, min-max band)", "points": " (mean and every row)"}.get(spread, " (mean)")
     ax.set_title(title)

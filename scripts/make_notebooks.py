@@ -434,7 +434,7 @@ lab.grid_image(result, **axes, title=sweep.name).save(result.out_dir / "grid.png
 lab.plot_grid(result, **axes, title=sweep.name)"""),
         ("md", "## Trade-off plots\n\nEach metric against the grid's columns, one line per row value."),
         ("code", """for metric in metrics:
-    display(lab.plot_tradeoff(result, x=axes["x"], y=metric, hue=axes["y"]))"""),
+    display(lab.plot_tradeoff(result, x=axes["x"], y=metric, hue=axes["y"] if axes["y"] in result.swept else None))"""),
         ("md", "## Explorer"),
         ("code", 'lab.explore(result)'),
     ],

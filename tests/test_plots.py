@@ -88,3 +88,21 @@ def test_figure_shows_itself_as_png_and_hub_ids_read_short(measured):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["stable-diffusion-v1-5", "sdxl-turbo"]
     fig = plot_tradeoff(result, x="model", y="ssim", hue=None)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["stable-diffusion-v1-5", "sdxl-turbo"]
+
+
+def test_a_long_legend_goes_beside_the_plot_a_short_one_inside(tmp_path):
+    from img2img_lab import add_metrics
+
+    many = add_metrics(make_fake_sweep(tmp_path / "many", strength=(0.3, 0.6, 0.9), negative_prompt=("",),
+                                       guidance_scale=tuple(float(g) for g in range(1, 13)), error_cell=None),
+                       ["ssim"], progress=False)
+    fig = plot_tradeoff(many, x="strength", y="ssim", hue="guidance_scale")
+    fig._repr_png_()
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes: no line hidden under it
+    few = add_metrics(make_fake_sweep(tmp_path / "few", negative_prompt=("",), error_cell=None), ["ssim"], progress=False)
+    fig = plot_tradeoff(few, x="strength", y="ssim", hue="guidance_scale")
+    fig._repr_png_()
+    (ax,) = fig.axes
+    assert ax.get_legend().get_window_extent().x1 <= ax.get_window_extent().x1 + 1
