@@ -242,6 +242,9 @@ def test_static_html_export_renders_widgets_offline(page, workdir, widget_js):
     assert "strength" in options
     assert XSS_TEXT in page.locator(".img2img-lab-params").first.inner_text()
     assert page.evaluate("window.__xss") is None
+    # the widgets in JupyterLab's UI font, not the browser's default serif
+    font = page.eval_on_selector(".img2img-lab-params", "(e) => getComputedStyle(e).fontFamily")
+    assert font.split(",")[0].strip() == "system-ui", font
     # 4. nothing was even asked of the network (no widget manager, require.js, MathJax or fonts)
     assert page.blocked == [], page.blocked
     assert not page.errors, page.errors
