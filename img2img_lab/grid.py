@@ -609,7 +609,7 @@ def plot_grid(
     cell_w = longest / dpi / max(1.0, aspect)
     cols, rows = (1 if shown_inits else 0) + zc * nx, zr * ny
     guess = min(cell_w, (max_figsize[0] - 1.6) / cols, (max_figsize[1] - 0.9 - 0.6 * zr) / (rows * aspect))
-    fontsize = float(np.clip(guess * 7, 6, 10))
+    fontsize = float(np.clip(guess * 7, 6, 13))  # big cells, big labels: the figure may be shown scaled down
 
     # 3. the figure's parts: title, a reference column, one Axes per z panel with its labels
     fig.suptitle(_default_title(layout) if title is None else title, fontsize=fontsize + 2)

@@ -356,7 +356,7 @@ class Explorer(widgets.VBox):
         self.ascending = widgets.ToggleButton(value=True, description="ascending",
                                               layout=widgets.Layout(width="8em"))
         self.query = widgets.Text(
-            value="", placeholder="pandas query, e.g. strength > 0.5 and status == 'ok'",
+            value="", placeholder="e.g. strength > 0.5 (a pandas query)",
             description="filter", continuous_update=False, layout=widgets.Layout(flex="1 1 16em", min_width="12em"),
         )
         self.message = widgets.HTML()
@@ -587,7 +587,7 @@ class Explorer(widgets.VBox):
         shown_columns = list(dict.fromkeys(self.swept + [column] + [c for c in df.columns if is_metric_column(c)]))
         options = []
         for _, row in rows.iterrows():
-            parts = [f"{c}={format_value(row[c], 40)}" for c in shown_columns if c in row.index]
+            parts = [f"{c}={format_value(row[c], 20)}" for c in shown_columns if c in row.index]
             status = row.get("status", "ok")
             options.append(("  ".join(parts) + ("" if status == "ok" else f"  [{status}]"), row["key"]))
         # New options reset the index to 0; the selection is put back by its key, in the same

@@ -431,7 +431,7 @@ result.table(["effective_steps", *metrics, "seconds", "status"])"""),
         ("md", "## Labelled grid\n\nAlso saved as one labelled picture, `grid.png`, in the sweep folder."),
         ("code", """axes = report_axes(result, x=x, y=y, z=z)
 lab.grid_image(result, **axes, title=sweep.name).save(result.out_dir / "grid.png")
-lab.plot_grid(result, **axes, title=sweep.name)"""),
+lab.plot_grid(result, **axes)"""),
         ("md", "## Trade-off plots\n\nEach metric against the grid's columns, one line per row value."),
         ("code", """for metric in metrics:
     display(lab.plot_tradeoff(result, x=axes["x"], y=metric, hue=axes["y"] if axes["y"] in result.swept else None))"""),
