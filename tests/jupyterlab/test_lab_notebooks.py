@@ -30,7 +30,9 @@ TINY = {
     "02_parameters": {"model": "tiny/sd15"},
     "03_chaining": {"model": "tiny/sd15"},
     "04_control": {"model": "tiny/sd15"},
-    "05_sweep_report": {"model": "tiny/sd15", "strength": [0.4, 0.6, 0.8], "guidance_scale": [1.0, 5.0, 9.0]},
+    # a guide spec (its image a URL: the tiny model runs on the offline sample, said in one line), 3x3
+    "05_sweep_report": {"model": "tiny/sd15", "spec": "sweeps/strength.yaml", "strength": [0.4, 0.6, 0.8],
+                        "guidance_scale": [1.0, 5.0, 9.0]},
 }
 RUN_TIMEOUT_S = 240
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
