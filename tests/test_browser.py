@@ -7,23 +7,19 @@ The fixture notebook ``notebooks/explore_tiny.ipynb`` runs a tiny/sd15 sweep (st
 guidance_scale x seed, 64 px, 2 steps) with a prompt holding ``<script>`` and ``<img onerror>``.
 """
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+from _browser import chromium, free_port, local_page, stop_group, unavailable
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 NOTEBOOK = Path(__file__).parent / "notebooks" / "explore_tiny.ipynb"
 ROOT = Path(__file__).resolve().parents[1]
 XSS_TEXT = "<script>window.__xss=1</script>"
@@ -44,52 +40,16 @@ IMAGES_LOADED = """(sel) => {
 }"""
 
 
-def _unavailable(reason):
-    if os.environ.get("IMG2IMG_LAB_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason} (IMG2IMG_LAB_REQUIRE_BROWSER=1: browser tests must run)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        _unavailable(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright Python package is not installed")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.blocked = []
-
-    def only_local(route):
-        url = urlparse(route.request.url)
-        if url.scheme in ("file", "data", "blob") or url.hostname in ("127.0.0.1", "localhost"):
-            route.continue_()
-        else:
-            page.blocked.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_local)
-    page.errors = []
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    try:
+    with local_page(browser, {"width": 1400, "height": 1000}) as page:
         yield page
-    finally:
-        context.close()
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +61,7 @@ def widget_js():
     try:
         return fetch_widget_js()
     except ValidationError as exc:
-        _unavailable(f"no widget JavaScript: {exc}")
+        unavailable(f"no widget JavaScript: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +70,6 @@ def workdir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("explore_nb")
     shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
     return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _expected(sweep_dir, **params) -> np.ndarray:
@@ -158,7 +112,7 @@ def _same(a, b) -> bool:
 
 
 def test_voila_live_explorer_changes_cells_and_never_runs_prompt_markup(page, workdir):
-    port = _free_port()
+    port = free_port()
     log = open(workdir / "voila.log", "wb")
     voila = subprocess.Popen(
         [sys.executable, "-m", "voila", NOTEBOOK.name, "--no-browser", f"--port={port}",
@@ -204,13 +158,7 @@ def test_voila_live_explorer_changes_cells_and_never_runs_prompt_markup(page, wo
         assert page.evaluate("window.__xss") is None
         assert not page.errors, page.errors
     finally:
-        if voila.poll() is None:
-            os.killpg(voila.pid, signal.SIGTERM)  # Voila and the kernel it started
-            try:
-                voila.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(voila.pid, signal.SIGKILL)
-                voila.wait(timeout=15)
+        stop_group(voila, timeout=15)  # Voila and the kernel it started
         log.close()
 
 

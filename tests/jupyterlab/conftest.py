@@ -6,15 +6,12 @@ the page for its kernel's status), and a temporary root folder holding the noteb
 open: copies of `notebooks/*.ipynb` with their tiny parameters injected the way papermill does
 (never the committed files: JupyterLab saves outputs into what it opens).
 
-Chromium comes from Debian (`/usr/bin/chromium`, never `playwright install`); without it the tier
-is skipped, except with `IMG2IMG_LAB_REQUIRE_BROWSER=1` (CI), where it fails.
+Chromium, and skipping without it (failing in CI), as in tests/_browser.py.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,24 +19,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _browser import CHROMIUM, chromium, free_port, local_page, stop_group, unavailable
 
-CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 VIEWPORT = {"width": 1280, "height": 800}
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def unavailable(reason: str):
-    if os.environ.get("IMG2IMG_LAB_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason} (IMG2IMG_LAB_REQUIRE_BROWSER=1: the JupyterLab tier must run)")
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LabServer:
@@ -68,7 +51,7 @@ class LabServer:
 @pytest.fixture(scope="session")
 def lab_server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
-        unavailable(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
+        unavailable(f"{CHROMIUM} is missing: run scripts/install_browser.sh")  # before a server starts
     try:
         import jupyterlab  # noqa: F401
     except ImportError:
@@ -79,7 +62,7 @@ def lab_server(tmp_path_factory):
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
         '{"fetchNews": "false", "checkForUpdates": false}')
-    port = _free_port()
+    port = free_port()
     log_path = root.parent / "jupyterlab.log"
     log = open(log_path, "wb")
     process = subprocess.Popen(
@@ -106,51 +89,21 @@ def lab_server(tmp_path_factory):
             time.sleep(0.3)
         yield server
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)  # the server and the kernels it started
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=20)
+        stop_group(process)  # the server and the kernels it started
         log.close()
 
 
 @pytest.fixture(scope="module")  # closed before tests/test_browser.py starts its own Playwright
-def chromium():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("the playwright Python package is not installed")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+def lab_chromium():
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
-def lab_page(chromium, lab_server):
+def lab_page(lab_chromium, lab_server):
     """A fresh browser context at 1280x800 whose requests may only go to the local server."""
-    from urllib.parse import urlparse
-
-    context = chromium.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.blocked, page.errors = [], []
-
-    def only_local(route):
-        url = urlparse(route.request.url)
-        if url.scheme in ("data", "blob") or url.hostname in ("127.0.0.1", "localhost"):
-            route.continue_()
-        else:
-            page.blocked.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_local)
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    try:
-        yield page
-    finally:
-        context.close()
-        lab_server.shutdown_kernels()
+    with local_page(lab_chromium, VIEWPORT) as page:
+        try:
+            yield page
+        finally:
+            lab_server.shutdown_kernels()
