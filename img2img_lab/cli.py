@@ -125,7 +125,7 @@ def cmd_sweep(args) -> int:
     spec = _spec_from_args(args)
     out = out_dir(args)
     result = run_sweep(spec, out, progress=not args.quiet, batched=not args.no_batched,
-                       max_batch_size=args.max_batch_size)
+                       exact=True if args.exact else None, max_batch_size=args.max_batch_size)
     if not _is_main_process():
         return 0
     print(_summary(result))
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run, resume or extend a sweep spec")
     add_spec_arguments(sweep)
     sweep.add_argument("--no-batched", action="store_true", help="one pipeline call per cell")
+    sweep.add_argument("--exact", action="store_true",
+                       help="reproducibility mode: one call per cell, deterministic algorithms (recorded per row)")
     sweep.add_argument("--max-batch-size", type=int, default=8)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.add_argument("--num-processes", type=int, metavar="N",

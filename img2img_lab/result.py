@@ -20,6 +20,7 @@ BOOKKEEPING_COLUMNS = frozenset(
         "key", "image_hash", "image_path", "init_image_path", "seconds", "status", "error",
         "effective_steps", "pipeline_class", "dtype", "device", "batch_size", "width", "height",
         "created", "scheduler_class", "offload", "attention", "vae_slicing", "vae_tiling", "compile", "image_requested",
+        "exact", "threads",
     }
 )
 METRIC_COLUMNS = ("ssim", "psnr", "mean_abs_change", "clip_score", "lpips", "lpips_clip")

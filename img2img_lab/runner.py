@@ -194,6 +194,8 @@ BAR_FORMAT = "{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fm
 
 
 def _pipe_row(pipe, model_label: str) -> dict:
+    import torch
+
     from .loaders import denoiser_name
 
     denoiser = getattr(pipe, denoiser_name(pipe), None)
@@ -204,6 +206,7 @@ def _pipe_row(pipe, model_label: str) -> dict:
         "pipeline_class": type(pipe).__name__,
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else "",
         "device": str(device) if device is not None else "",
+        "threads": torch.get_num_threads(),  # CPU kernels round by thread count: bit for bit needs the same
     }
     # the speed/memory knobs this pipeline was loaded with (they don't change pixels, but timings)
     opts = (getattr(pipe, "img2img_lab_info", None) or {}).get("options", {})
@@ -302,7 +305,7 @@ def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> 
     return prepared
 
 
-def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batch_size=8) -> SweepResult:
+def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=None, max_batch_size=8) -> SweepResult:
     """Run (or resume, or extend) a sweep; every image is one row of `result.df`.
 
     Args:
@@ -311,8 +314,15 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
             so a re-run resumes an interrupted sweep and an extended spec computes only new cells.
         pipe: an already loaded pipeline to use instead of loading `spec.model`.
         progress: show a `tqdm.auto` bar over cells (fine in notebooks and terminals).
-        batched: run cells that share a timestep grid as one batch through the denoiser
-            (identical images; falls back to one call per cell where batching is not exact).
+        batched: run cells that share a timestep grid as one batch through the denoiser. A
+            batched image equals the direct call within `BATCHED_TOLERANCE` (float rounding of
+            batched kernels: at most one 8-bit level per pixel); cells that cannot batch run one
+            call each.
+        exact: the reproducibility mode: one pipeline call per cell under
+            `torch.use_deterministic_algorithms`, so each image equals its `code_snippet` bit for
+            bit at the same thread count. None takes the spec's `exact` (default False). Each row
+            records it (`exact` column); an exact run recomputes cells that an earlier non-exact
+            run left in the folder.
         max_batch_size: the largest batch; halved and retried on out-of-memory.
 
     Returns:
@@ -330,6 +340,8 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
     spec = _as_spec(spec)
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValidationError(f"`max_batch_size` must be an int >= 1, got {max_batch_size!r}")
+    exact = resolve_exact(spec, exact)
+    batched = bool(batched) and not exact
     if pipe is None:
         from .loaders import validate_options
 
@@ -349,7 +361,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
     #    its share of the rest (every process reads the table before any of them writes)
     state = _distributed_state()
     table = store.read_table()
-    done = set(table.loc[table["status"].isin(DONE_STATUSES), "key"]) if not table.empty else set()
+    done = done_keys(table, exact=exact)
     todo = [p for p in prepared if p.key not in done]
     if state.num_processes > 1:
         state.wait_for_everyone()
@@ -380,7 +392,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
             group_pipe = pipe if pipe is not None else load_pipeline(model, **options)
             base = _pipe_row(group_pipe, model)  # a passed pipe was checked to be this model
             no_strength = "strength" not in _explicit_parameters(group_pipe)
-            with quiet_progress(group_pipe), _scheduler(group_pipe, scheduler):
+            with quiet_progress(group_pipe), _scheduler(group_pipe, scheduler), deterministic(exact):
 
                 label = model if scheduler is None else f"{model} · {scheduler}"
                 for p, image, status, error, seconds, batch_size in _execute(
@@ -391,7 +403,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
                     if no_strength:  # upscalers: no strength, every step runs
                         row.update(strength=None, effective_steps=int(row["num_inference_steps"]))
                     row.update(status=status, error=error, seconds=round(seconds, 4), batch_size=batch_size,
-                               created=datetime.now(timezone.utc).isoformat())
+                               exact=exact, created=datetime.now(timezone.utc).isoformat())
                     if image is not None:
                         row["width"], row["height"] = image.size
                         row["image_path"] = store.write_image(p.key, image, row)
@@ -417,6 +429,62 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, max_batc
         )
         df = store.consolidate(order=order, metadata={"img2img_lab": {"spec": spec.to_dict(), "versions": meta["versions"]}})
     return SweepResult(df=df, out_dir=store.root, spec=spec, meta=meta)
+
+
+# How far a batched cell may differ from the direct call of the same arguments and seed: batched
+# kernels round floats in another order, which moves a pixel by at most one 8-bit level (tested in
+# tests/test_batched.py and tests/test_widgets.py). Exact cells (`batched=False`, `exact=True`) equal it.
+BATCHED_TOLERANCE = 1  # 8-bit levels per pixel
+
+
+def resolve_exact(spec, exact) -> bool:
+    """`run_sweep`'s `exact`: the argument when given, else the spec's `exact` (default False)."""
+    if exact is None:
+        exact = getattr(spec, "exact", False)
+    if not isinstance(exact, bool):
+        raise ValidationError(f"`exact` must be True or False, got {exact!r}")
+    return exact
+
+
+def done_keys(table, *, exact: bool) -> set:
+    """Keys finished in a sweep table that a run need not recompute.
+
+    Errors are retried. An exact run also recomputes cells that an earlier run left in the folder
+    without the exact mode (batched, or outside deterministic algorithms).
+    """
+    if table.empty:
+        return set()
+    done = table["status"].isin(DONE_STATUSES)
+    if exact:
+        done &= table["exact"].eq(True) if "exact" in table.columns else False
+    return set(table.loc[done, "key"])
+
+
+@contextmanager
+def deterministic(on: bool = True):
+    """`torch.use_deterministic_algorithms(True)` (and cuDNN's deterministic mode) for a block.
+
+    On CUDA, cuBLAS needs `CUBLAS_WORKSPACE_CONFIG` for deterministic matrix products: it is set
+    (to `:4096:8`) when unset. Ops that have no deterministic implementation warn (`warn_only`)
+    rather than stop the sweep. The previous settings come back afterwards.
+    """
+    if not on:
+        yield
+        return
+    import os
+
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
 
 
 class _SingleProcess:

@@ -270,8 +270,11 @@ class SweepStore:
             elif base.empty:
                 df = journal
             else:
+                # columns added to the table later (metrics) stay with a row folded in twice (a crash
+                # between the table write and the journal clean-up), never with a recomputed image
                 extra = [c for c in base.columns if c not in journal.columns]
-                fresh = journal.merge(base[["key"] + extra], on="key", how="left") if extra else journal
+                same = ["key", "created"] if "created" in base.columns and "created" in journal.columns else ["key"]
+                fresh = journal.merge(base[same + extra], on=same, how="left") if extra else journal
                 df = pd.concat([base[~base["key"].isin(journal["key"])], fresh], ignore_index=True)
             if not df.empty and order:
                 rank = {k: i for i, k in enumerate(order)}

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .grid import axis_values, norm_value, placeholder_tile, cell_image, format_value, grid_layout, is_metric_column
 from .result import BOOKKEEPING_COLUMNS
+from .runner import BATCHED_TOLERANCE
 
 PREFERRED_AXES = ("strength", "guidance_scale")
 NO_AXIS = "(none)"  # y option for a one-row grid
@@ -177,10 +178,13 @@ def code_snippet(result, which) -> str:
     if getattr(spec, "compel", False):  # the runner passes compel embeddings; the row keeps the texts
         args = [a for a in args if not a.startswith(("prompt=", "negative_prompt="))]
         args.insert(0, f"**lab.encode_weighted(pipe, {kwargs.get('prompt')!r}, {kwargs.get('negative_prompt')!r})")
+    exact = row.get("exact") is True or _plain(row.get("exact")) is True
     lines = [
+        *reproduction_note(row),
         "import torch",
         "import img2img_lab as lab",
         "",
+        *(["torch.use_deterministic_algorithms(True, warn_only=True)  # as the sweep's exact mode"] if exact else []),
         f"pipe = lab.load_pipeline({load_args})",
         f"init = lab.load_image({source!r}{size_arg})",
         "image = pipe(",
@@ -190,6 +194,23 @@ def code_snippet(result, which) -> str:
         ").images[0]",
     ]
     return "\n".join(lines) + "\n"
+
+
+def reproduction_note(row) -> list[str]:
+    """Comment lines that open a cell's snippet: how closely the code reproduces the cell's image.
+
+    A cell run as one call (`batched=False` or `exact=True`) is reproduced bit for bit when the code
+    runs at the same thread count; a batched cell within `BATCHED_TOLERANCE` 8-bit levels.
+    """
+    batch = _plain(row.get("batch_size"))
+    threads = _plain(row.get("threads"))
+    at = f" with {int(threads)} CPU threads (torch.get_num_threads())" if not _is_null(threads) else ""
+    if not _is_null(batch) and int(batch) > 1:
+        return [f"# This cell ran in a batch of {int(batch)}: this code gives its image within "
+                f"{BATCHED_TOLERANCE} 8-bit level per pixel",
+                "# (batched float rounding). Run the sweep with exact=True for cells reproduced bit for bit."]
+    mode = "in exact mode (one call, deterministic algorithms)" if _plain(row.get("exact")) is True else "as one call"
+    return [f"# This cell ran {mode}{at}:", "# this code gives the same pixels at the same thread count."]
 
 
 def _value_html(text: str) -> str:
