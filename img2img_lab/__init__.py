@@ -32,6 +32,7 @@ _EXPORTS = {
     "LabError": "errors",
     "ValidationError": "errors",
     "StoreError": "errors",
+    "ReportError": "errors",
     # models
     "load_pipeline": "loaders",
     "related_pipeline": "loaders",

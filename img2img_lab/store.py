@@ -122,7 +122,8 @@ def read_png_parameters(path) -> dict:
     with Image.open(path) as im:
         text = im.text.get(PNG_KEY) if hasattr(im, "text") else None
     if text is None:
-        raise StoreError(f"{str(path)!r} carries no img2img_lab parameters")
+        raise StoreError(f"`path` must be a PNG written by an img2img_lab sweep (with its parameters), "
+                         f"got {str(path)!r}, which carries none")
     return json.loads(text)
 
 
@@ -234,7 +235,8 @@ class SweepStore:
                 try:
                     frames.append(pd.read_parquet(path))
                 except Exception as exc:
-                    raise StoreError(f"{str(path)!r} could not be read: {exc}") from None
+                    raise StoreError(f"`out_dir` {str(self.root)!r} must hold a readable {TABLE}, got one that "
+                                     f"could not be read ({type(exc).__name__}: {exc})") from None
             _, journal = self._journal()
             if _identity(path) == before:
                 break
@@ -310,7 +312,7 @@ class SweepStore:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise StoreError(f"{str(path)!r} is not valid JSON: {exc}") from None
+            raise StoreError(f"`out_dir` {str(self.root)!r} must hold a valid {META}, got invalid JSON ({exc})") from None
 
     def update_meta(self, **changes) -> dict:
         with self.lock():
