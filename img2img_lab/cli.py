@@ -13,7 +13,12 @@ import os
 import sys
 from pathlib import Path
 
+from . import reports
 from .errors import LabError, ValidationError
+from .grid import grid_image
+from .runner import run_sweep
+from .spec import SweepSpec, parse_set
+from .tiny import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parent
 DEMO_SPEC = ROOT / "assets" / "demo.yaml"
@@ -30,8 +35,6 @@ def add_spec_arguments(parser, what: str = "sweep folder") -> None:
 
 def spec_overrides(args) -> dict:
     """Flat spec keys from --model and --set, each validated like a spec key."""
-    from .spec import parse_set
-
     overrides = dict(parse_set(item) for item in args.set or [])
     if args.model is not None:
         if not args.model.strip():
@@ -45,8 +48,6 @@ def out_dir(args) -> Path:
 
 
 def _spec_from_args(args):
-    from .spec import SweepSpec
-
     return SweepSpec.from_yaml(args.spec, **spec_overrides(args))
 
 
@@ -114,8 +115,6 @@ def _launch_with_accelerate(argv: list[str], num_processes: int) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .runner import run_sweep
-
     if args.num_processes is not None:
         if args.num_processes < 1:
             raise ValidationError(f"`--num-processes` must be >= 1, got {args.num_processes}")
@@ -135,10 +134,6 @@ def cmd_sweep(args) -> int:
 
 def cmd_demo(args) -> int:
     """The README's main job: a small sweep on the embedded tiny model, its table and a grid."""
-    from .grid import grid_image
-    from .runner import run_sweep
-    from .spec import SweepSpec
-
     spec = SweepSpec.from_yaml(DEMO_SPEC, **({"model": args.model} if args.model else {}))
     out = Path(args.out)
     result = run_sweep(spec, out, progress=not args.quiet)
@@ -150,10 +145,32 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .tiny import TINY_MODELS
-
     for name, text in TINY_MODELS.items():
         print(f"{name:28s} {text}")
+    return 0
+
+
+def add_report_command(subparsers) -> None:
+    """Add `img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--cdn-html]`."""
+    parser = subparsers.add_parser("report", help="run a sweep report notebook headless (ipynb + HTML)")
+    add_spec_arguments(parser, "report and sweep folder")
+    parser.add_argument("--notebook", default=reports.DEFAULT_NOTEBOOK, help="report notebook (name or .ipynb path)")
+    parser.add_argument("--cdn-html", action="store_true",
+                        help="link the HTML's scripts to CDNs instead of copying the widget JavaScript beside it")
+    parser.add_argument("--offline-html", action="store_true", help=argparse.SUPPRESS)  # the default now
+    parser.add_argument("--no-html", action="store_true", help="write only the executed notebook")
+    parser.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    overrides = spec_overrides(args)
+    out = out_dir(args)
+    executed = reports.report(args.spec, out, notebook=args.notebook, html=not args.no_html,
+                              offline_html=not args.cdn_html, **overrides)
+    print(f"notebook: {executed}")
+    if not args.no_html:
+        print(f"html:     {executed.with_suffix('.html')}")
+    print(f"results:  {out / 'results.parquet'}")
     return 0
 
 
@@ -177,8 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="run the demo on another model")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
-
-    from .reports import add_report_command
 
     add_report_command(sub)  # img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--offline-html]
 

@@ -13,6 +13,7 @@ import pytest
 
 import img2img_lab as lab
 import img2img_lab.reports as rp
+from img2img_lab import cli
 from img2img_lab.errors import ValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,7 +190,7 @@ def test_report_axes_prefer_strength_and_guidance_scale():
 
 def test_notebook_path_finds_package_notebooks_and_refuses_others():
     assert rp.notebook_path().name == "05_sweep_report.ipynb"
-    assert rp.notebook_path("02_parameters").parent == rp.PACKAGE_NOTEBOOKS
+    assert rp.notebook_path("02_parameters").parent == rp.notebook_folder()  # a wheel: tests/test_packaging.py
     with pytest.raises(ValidationError, match="did you mean '05_sweep_report'"):
         rp.notebook_path("05_sweep_reprot")
 
@@ -208,7 +209,7 @@ def test_report_refuses_unknown_parameters_before_running(tmp_path):
 
 def _cli(argv):
     parser = argparse.ArgumentParser()
-    rp.add_report_command(parser.add_subparsers(dest="command", required=True))
+    cli.add_report_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
