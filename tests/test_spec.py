@@ -586,11 +586,11 @@ def _clip_text_model_has_text_model() -> bool:
 
 @pytest.fixture
 def fresh_clip_skip_check():
-    from img2img_lab import spec as spec_module
+    from img2img_lab import validation
 
-    check = spec_module._clip_skip_broken
+    check = validation.clip_skip_broken
     check.cache_clear()
-    yield spec_module
+    yield validation
     check.cache_clear()
 
 
@@ -629,7 +629,7 @@ def test_clip_skip_check_is_a_feature_check(fresh_clip_skip_check, monkeypatch):
                 raise AttributeError(name)
             return super().__getattr__(name)
 
-    fresh_clip_skip_check._clip_skip_broken.cache_clear()
+    fresh_clip_skip_check.clip_skip_broken.cache_clear()
     monkeypatch.setattr(transformers, "CLIPTextModel", WithoutTextModel)
     with pytest.raises(ValidationError, match=r"`clip_skip`=1 can't be used.*transformers .* diffusers "):
         SweepSpec.from_dict({**BASE, "clip_skip": 1})
@@ -639,7 +639,7 @@ def test_clip_skip_is_refused_on_the_cli_before_any_model_loads(tmp_path, capsys
                                                                 fresh_clip_skip_check):
     from img2img_lab import cli
 
-    monkeypatch.setattr(fresh_clip_skip_check, "_clip_skip_broken", lambda: "the test says so")
+    monkeypatch.setattr(fresh_clip_skip_check, "clip_skip_broken", lambda: "the test says so")
     monkeypatch.setattr("img2img_lab.runner.run_sweep", lambda *a, **k: pytest.fail("ran a sweep"))
     spec = tmp_path / "s.yaml"
     spec.write_text("model: tiny/sd15\nprompt: a cat\nimage: cat\n")

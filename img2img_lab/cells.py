@@ -1,0 +1,160 @@
+"""Cells: the points of a sweep's grid, each one pipeline call with a content key.
+
+`expand_cells(spec)` is the product of a spec's axes in a fixed order; each `Cell` holds the
+call keywords, the seed, the scheduler and the loading options that change pixels, and its
+`key()` is the sha256 of their canonical JSON with the init image's content hash. Pure Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ValidationError
+from .frozen import FrozenDict, canonical_json, plain, thaw
+from .validation import call_parameters
+from .vocab import CALL_AXES, DEFAULT_OPTIONS, DTYPES, PIXEL_OPTIONS, TINY_SIZE, effective_steps, is_tiny
+
+KEY_LENGTH = 20
+KEY_VERSION = 1  # bump when the key's payload changes (old folders then recompute, never mix)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: one pipeline call, one image, one row.
+
+    Args:
+        model: the model to load.
+        image: the init image source as the user gave it (sample name, path, URL or PIL image).
+        seed: the seed for `torch.Generator().manual_seed`.
+        scheduler: a name from `SCHEDULER_NAMES`, or None for the model's own scheduler.
+        call: the pipeline call keywords (read-only): prompt, negative_prompt, strength,
+            guidance_scale, num_inference_steps and every param; not `image` or `generator`.
+        swept: the swept axes (those with more than one value) and this cell's value of each.
+        options: the loading options that change pixels (see `PIXEL_OPTIONS`), part of the key.
+
+    Example:
+        >>> cell = spec.cells()[0]
+        >>> image = pipe(image=init, **cell.call, generator=torch.Generator().manual_seed(cell.seed)).images[0]
+    """
+
+    model: str
+    image: Any
+    seed: int
+    scheduler: str | None
+    call: Mapping[str, Any]
+    swept: Mapping[str, Any] = field(default_factory=FrozenDict)
+    options: Mapping[str, Any] = field(default_factory=FrozenDict)
+    compel: bool = False
+
+    @property
+    def effective_steps(self) -> int:
+        """`int(num_inference_steps * strength)`: the denoising steps diffusers' img2img runs."""
+        return effective_steps(self.call)
+
+    def as_dict(self) -> dict:
+        """The cell flat, for a table row or PNG text: model, image, seed, scheduler and the call."""
+        return {"model": self.model, "image": self.image, "seed": self.seed, "scheduler": self.scheduler,
+                **plain(dict(self.call))}
+
+    def key(self, image_hash: str, dtype: str | None = None) -> str:
+        """The content key: what names this cell's image file and finds it again on a re-run.
+
+        The first 20 hex digits of the sha256 of a canonical JSON (sorted keys, floats as repr,
+        tuples as lists) of: key version, model, scheduler, seed, the init image's content hash,
+        every call keyword, and the pixel-changing loading options. The image's source (path, URL)
+        is not in it: the same picture from another place is the same cell.
+
+        Args:
+            image_hash: the init image's content hash (`images.image_hash`).
+            dtype: the dtype the cell runs in ("float32", "float16", ...), when known: the runner
+                always passes it, so float16 and float32 images never share a key.
+
+        Returns:
+            A 20-character lowercase hex string.
+
+        Example:
+            >>> cell.key("3f2a...")
+            '9c1d0e5b7a2f4c8e1b3d'
+        """
+        if not isinstance(image_hash, str) or not image_hash:
+            raise ValidationError(f"`image_hash` must be a non-empty string, got {image_hash!r}")
+        payload = {
+            "v": KEY_VERSION,
+            "model": self.model,
+            "scheduler": self.scheduler,
+            "seed": self.seed,
+            "image": image_hash,
+            "call": plain(dict(self.call)),
+            "options": plain({**self.options, **({"dtype": dtype} if dtype else {})}),
+        }
+        if self.compel:  # weighted prompts change pixels; absent when off so older keys stay valid
+            payload["compel"] = True
+        return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def expand_cells(spec) -> list[Cell]:
+    """The cells of a `SweepSpec`: `itertools.product` over its axes, the last varying fastest.
+
+    See `SweepSpec.cells`, which calls this.
+    """
+    axes = spec.axis_values()
+    names = [k for k, _ in axes]
+    swept = set(spec.swept)
+    seqs = {k: seq for k, (_, seq) in call_parameters().items()}
+    options = key_options(spec.options)
+    tiny_size = tiny_size_note(spec) is not None  # said once by run_sweep, not here: cells() is pure
+    cells = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        point = dict(zip(names, combo))
+        call = {k: point[k] for k in CALL_AXES}
+        call.update({k: thaw(point[k], seqs.get(k, list)) for k in spec.params})
+        if tiny_size and is_tiny(point["model"]):
+            call.update(height=TINY_SIZE, width=TINY_SIZE)  # in the call, so in the key and the row
+        cells.append(Cell(
+            model=point["model"],
+            image=point["image"],
+            seed=point["seed"],
+            scheduler=point["scheduler"],
+            call=FrozenDict(call),
+            swept=FrozenDict({k: point[k] for k in names if k in swept}),
+            options=options,
+            compel=spec.compel,
+        ))
+    return cells
+
+
+def tiny_size_note(spec) -> str | None:
+    """The one line saying that tiny models run at `TINY_SIZE` px here, or None.
+
+    A spec that sets neither `height` nor `width` runs its `tiny/...` models' cells at
+    TINY_SIZE x TINY_SIZE (a tiny model is for trying a spec; its pictures are noise at any size),
+    as if the spec said so: the size is in each cell's call, its content key and its row. Real
+    models and specs that set a size are unchanged.
+
+    Example:
+        >>> tiny_size_note(SweepSpec.from_yaml("sweeps/combined.yaml", model="tiny/sd15"))
+        'tiny models run at 64x64 px (the spec sets no height/width): 48 cells'
+    """
+    if "height" in spec.params or "width" in spec.params:
+        return None
+    tiny = [m for m in spec.model if is_tiny(m)]
+    if not tiny:
+        return None
+    count = len(spec) // len(spec.model) * len(tiny)
+    cells = f"{count} cell" + ("s" if count != 1 else "")
+    return f"tiny models run at {TINY_SIZE}x{TINY_SIZE} px (the spec sets no height/width): {cells}"
+
+
+def key_options(options: Mapping[str, Any]) -> FrozenDict:
+    """The loading options that change pixels (`PIXEL_OPTIONS`), those not at their default."""
+    out = {}
+    for name in PIXEL_OPTIONS:
+        value = options.get(name, DEFAULT_OPTIONS.get(name))
+        if name == "dtype" and isinstance(value, str):
+            value = DTYPES.get(value, value)  # "fp16" and "float16" are one setting
+        if value != DEFAULT_OPTIONS.get(name):
+            out[name] = value
+    return FrozenDict(out)
