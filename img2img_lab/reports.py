@@ -16,9 +16,10 @@ Two halves:
   writes `out_dir/report.ipynb` and `out_dir/report.html` (nbconvert; widgets render from the
   widget state nbclient stores in the notebook's metadata).
 
-Where the notebooks live: `scripts/make_notebooks.py` writes each one twice, to `notebooks/`
-(the user-facing copy with the Colab badges) and to `img2img_lab/notebooks/` (package data, so an
-installed wheel can run reports). `notebook_path` prefers the package copy.
+Where the notebooks live: in one place, the repository's `notebooks/` (the files users open and
+edit). A wheel ships that folder as the package's `img2img_lab/notebooks/` (setup.py maps it
+there); a source checkout or an editable install reads it where it is. `notebook_folder` says
+which of the two this installation has, and `notebook_path` looks notebooks up there.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from typing import Any, Mapping
 
 from .errors import LabError, ValidationError
 
-PACKAGE_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
-SOURCE_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout (holds sweeps/), when it is one
+REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout (holds sweeps/, notebooks/), when it is one
+CHECKOUT_NOTEBOOKS = REPO_ROOT / "notebooks"  # the notebooks' one source, in a checkout or an editable install
+PACKAGE_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"  # the same files inside an installed wheel
 DEFAULT_NOTEBOOK = "05_sweep_report"
 # The header papermill writes on its injected cell (papermill.translators.PythonTranslator).
 _INJECTED_HEADER = "# Parameters"
@@ -420,6 +421,22 @@ def report_axes(result, x=None, y=None, z=None) -> dict:
 # outside: running a report
 
 
+def notebook_folder() -> Path:
+    """The folder of the guide's notebooks in this installation.
+
+    A source checkout, or an editable install of one (the package's parent folder holds
+    pyproject.toml), reads the checkout's `notebooks/`; an installed wheel its
+    `img2img_lab/notebooks/`, the same files shipped as package data.
+
+    Example:
+        >>> notebook_folder().name
+        'notebooks'
+    """
+    if (REPO_ROOT / "pyproject.toml").is_file() and CHECKOUT_NOTEBOOKS.is_dir():
+        return CHECKOUT_NOTEBOOKS
+    return PACKAGE_NOTEBOOKS
+
+
 def notebook_path(name: str = DEFAULT_NOTEBOOK) -> Path:
     """The path of one of the package's notebooks (`"05_sweep_report"`, `"02_parameters"`, ...) or a file.
 
@@ -432,12 +449,11 @@ def notebook_path(name: str = DEFAULT_NOTEBOOK) -> Path:
         if candidate.is_file():
             return candidate
         raise ValidationError(f"`notebook` {str(name)!r} does not exist")
-    stem = candidate.name
-    for folder in (PACKAGE_NOTEBOOKS, SOURCE_NOTEBOOKS):
-        path = folder / f"{stem}.ipynb"
-        if path.is_file():
-            return path
-    known = sorted({p.stem for f in (PACKAGE_NOTEBOOKS, SOURCE_NOTEBOOKS) if f.is_dir() for p in f.glob("*.ipynb")})
+    stem, folder = candidate.name, notebook_folder()
+    path = folder / f"{stem}.ipynb"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in folder.glob("*.ipynb"))
     close = difflib.get_close_matches(stem, known, n=1)
     raise ValidationError(
         f"`notebook` {str(name)!r} is not one of the package's notebooks {known}"

@@ -1,4 +1,4 @@
-"""Faults (issue 9): SIGKILL at random moments, concurrent writers, NaN/black outputs, out-of-memory.
+"""Faults: SIGKILL at random moments, concurrent writers, NaN/black outputs, out-of-memory.
 
 The kill and concurrency tests drive the real command line (`python -m img2img_lab sweep`) in
 subprocesses on the tiny model; each start costs the torch/diffusers import (seconds), so the kill

@@ -1,4 +1,6 @@
-"""Every experiment of the diffusers image-to-image guide (shared/GUIDE.md), on the tiny models.
+"""Every experiment of the diffusers image-to-image guide, on the tiny models.
+
+The guide: https://huggingface.co/docs/diffusers/using-diffusers/img2img.
 
 Each library call is compared with the direct diffusers call with the same arguments and seeds
 (`torch.Generator("cpu").manual_seed(seed)`): the pictures must be equal. Sweep cells go through

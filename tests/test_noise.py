@@ -9,7 +9,7 @@ import img2img_lab as lab
 
 LONG = "a very detailed photograph of an astronaut riding a horse in a jungle, " * 6  # > 77 CLIP tokens
 
-# third-party lines seen in executed notebooks before (issue 14, item 10)
+# third-party lines once seen in executed notebooks
 NOISE = (
     "The following part of your input was truncated",  # diffusers' encode_prompt, once per call
     "Token indices sequence length is longer",  # transformers' tokenizer
