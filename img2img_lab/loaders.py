@@ -7,7 +7,6 @@ options first, picks the right class, applies the speed/memory knobs, and caches
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -16,6 +15,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ValidationError
+from .torchutil import resolve_device
+from .vocab import (
+    ATTENTION,
+    COMPILE_MODES,
+    DEFAULT_OPTIONS,
+    DTYPES,
+    OFFLOAD,
+    PICKLE_SUFFIXES,
+    SCHEDULER_NAMES,
+    SINGLE_FILE_SUFFIXES,
+    is_tiny,
+    looks_like_hub_id,
+    looks_like_path,
+    suggest,
+)
 
 
 # Hub ids that moved: old id -> maintained mirror.
@@ -28,84 +42,20 @@ KANDINSKY_PRIORS = {"kandinsky-community/kandinsky-2-2-decoder": "kandinsky-comm
 # Pipelines that AutoPipelineForImage2Image does not map; loaded with DiffusionPipeline instead.
 DIRECT_CLASSES = {"StableDiffusionLatentUpscalePipeline", "StableDiffusionUpscalePipeline"}
 KANDINSKY_DECODERS = {"KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22Img2ImgCombinedPipeline"}
-PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
-SINGLE_FILE_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES
-
-DTYPES = {
-    "float32": "float32", "fp32": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-}
-OFFLOAD = (None, "model", "sequential")
-ATTENTION = (None, "sdpa", "xformers")
-COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
-
-# Every option load_pipeline accepts, with its default.
-DEFAULT_OPTIONS = {
-    "dtype": None,            # None: float16 on CUDA, float32 elsewhere
-    "device": None,           # None / "auto": cuda, then mps, then cpu
-    "variant": "auto",        # "auto": "fp16" when loading float16 and the repo has it
-    "use_safetensors": True,
-    "allow_pickle": False,
-    "controlnet": None,       # hub id, folder, ControlNetModel, or a list of them
-    "scheduler": None,        # a name from SCHEDULERS, swapped via from_config
-    "offload": None,          # "model" | "sequential" | None
-    "attention": None,        # "sdpa" | "xformers" | None (diffusers' default: SDPA on PyTorch 2)
-    "vae_slicing": False,
-    "vae_tiling": False,
-    "compile": False,         # torch.compile the denoiser: True or a mode ("reduce-overhead", ...)
-    "prior": None,            # Kandinsky 2.2 prior: hub id or local folder
-    "vae": None,              # replacement VAE: hub id or folder (e.g. madebyollin/sdxl-vae-fp16-fix)
-    "config": None,           # single-file loads: diffusers-layout folder or hub id for the config
-    "revision": None,
-    "cache": True,            # reuse an already loaded pipeline with the same model and options
-}
-
 _CACHE: dict = {}
 
 
-def __getattr__(name):
-    if name == "SCHEDULERS":
-        from .spec import SCHEDULER_NAMES
-
-        return SCHEDULER_NAMES
-    raise AttributeError(name)
+SCHEDULERS = SCHEDULER_NAMES  # the public name (`lab.SCHEDULERS`)
 
 
 # --------------------------------------------------------------------------------------------
 # validation
 
 
-def _suggest(value, choices) -> str:
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _check_choice(name, value, choices):
     if value not in choices:
         shown = [c for c in choices if c is not None]
-        raise ValidationError(f"`{name}` must be one of {shown} or None, got {value!r}{_suggest(value, shown)}")
-
-
-def resolve_device(device=None) -> str:
-    """The device a pipeline will run on: the one asked for, or cuda / mps / cpu in that order."""
-    import torch
-
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    text = str(device)
-    kind = text.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps", "xpu"):
-        raise ValidationError(f"`device` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValidationError(f"`device` is {device!r} but no CUDA GPU is available here (use 'cpu' or 'auto')")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValidationError(f"`device` is {device!r} but MPS is not available here")
-    return text
+        raise ValidationError(f"`{name}` must be one of {shown} or None, got {value!r}{suggest(value, shown)}")
 
 
 def resolve_dtype(dtype, device: str):
@@ -134,7 +84,7 @@ def validate_options(options: dict) -> dict:
     if unknown:
         name = unknown[0]
         raise ValidationError(
-            f"unknown option `{name}`={options[name]!r} for load_pipeline{_suggest(name, DEFAULT_OPTIONS)}; "
+            f"unknown option `{name}`={options[name]!r} for load_pipeline{suggest(name, DEFAULT_OPTIONS)}; "
             f"valid options: {sorted(DEFAULT_OPTIONS)}"
         )
     opts = {**DEFAULT_OPTIONS, **options}
@@ -148,12 +98,10 @@ def validate_options(options: dict) -> dict:
     if opts["variant"] is not None and not isinstance(opts["variant"], str):
         raise ValidationError(f"`variant` must be a string such as 'fp16', 'auto' or None, got {opts['variant']!r}")
     if opts["scheduler"] is not None:
-        from .spec import SCHEDULER_NAMES
-
         if opts["scheduler"] not in SCHEDULER_NAMES:
             raise ValidationError(
                 f"`scheduler` must be one of {sorted(SCHEDULER_NAMES)}, got {opts['scheduler']!r}"
-                f"{_suggest(opts['scheduler'], SCHEDULER_NAMES)}"
+                f"{suggest(opts['scheduler'], SCHEDULER_NAMES)}"
             )
     if opts["attention"] == "xformers":
         try:
@@ -167,11 +115,11 @@ def validate_options(options: dict) -> dict:
         value = opts[name]
         if value is not None and not isinstance(value, str) and not hasattr(value, "config"):
             raise ValidationError(f"`{name}` must be a hub id or a local path, got {value!r}")
-        if isinstance(value, str) and _looks_like_path(value) and not Path(value).expanduser().exists():
+        if isinstance(value, str) and looks_like_path(value) and not Path(value).expanduser().exists():
             raise ValidationError(f"`{name}` path does not exist: {value!r}")
     controlnets = opts["controlnet"] if isinstance(opts["controlnet"], (list, tuple)) else [opts["controlnet"]]
     for cn in controlnets:
-        if isinstance(cn, str) and _looks_like_path(cn) and not Path(cn).expanduser().exists():
+        if isinstance(cn, str) and looks_like_path(cn) and not Path(cn).expanduser().exists():
             raise ValidationError(f"`controlnet` path does not exist: {cn!r}")
     # device/dtype last: they import torch
     opts["device"] = resolve_device(opts["device"])
@@ -187,31 +135,19 @@ def validate_options(options: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # model sources
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _looks_like_path(text: str) -> bool:
-    return (
-        text.startswith(("/", "./", "../", "~", "\\"))
-        or bool(re.match(r"^[A-Za-z]:[\\/]", text))
-        or Path(text).suffix.lower() in SINGLE_FILE_SUFFIXES
-        or os.sep in text.strip("/").replace("/", "", 1)  # more than one separator: not owner/name
-    )
-
-
 def resolve_model(model) -> tuple[str, str]:
     """Classify `model`: returns (kind, source) with kind in tiny / folder / file / hub."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(model, str) or not model.strip():
         raise ValidationError(f"`model` must be a hub id, a local path or a tiny model name, got {model!r}")
-    if model.startswith("tiny/"):
+    if is_tiny(model):
         from .tiny import TINY_MODELS
 
         if model not in TINY_MODELS:
             raise ValidationError(
                 f"`model` {model!r} is not an embedded tiny model; choose one of {sorted(TINY_MODELS)}"
-                f"{_suggest(model, TINY_MODELS)}"
+                f"{suggest(model, TINY_MODELS)}"
             )
         return "tiny", model
     if model in MOVED_MODELS:
@@ -237,9 +173,9 @@ def resolve_model(model) -> tuple[str, str]:
                 f".ckpt/.bin), got suffix {path.suffix!r}"
             )
         return "file", str(path)
-    if _looks_like_path(model):
+    if looks_like_path(model):
         raise ValidationError(f"`model` path does not exist: {model!r}")
-    if not _HUB_ID.match(model):
+    if not looks_like_hub_id(model):
         raise ValidationError(
             f"`model` {model!r} is neither an existing local path nor a hub id of the form 'owner/name'"
         )
@@ -503,7 +439,7 @@ def hub_access(repo_id: str, what: str, *, filename: str, revision=None, tiny: s
     Example:
         >>> pipe = DiffusionPipeline.from_pretrained(repo, **hub_access(repo, "model", filename="model_index.json"))
     """
-    if not _HUB_ID.match(repo_id):
+    if not looks_like_hub_id(repo_id):
         return {}  # not a hub id at all (a missing path...): the loader's own error says so, offline
     reason = hub_unreachable_reason()
     if reason is None:
@@ -564,7 +500,7 @@ def _load_component(value, cls_name: str, opts, what: str):
     import diffusers
 
     cls = getattr(diffusers, cls_name)
-    if value.startswith("tiny/"):  # an embedded tiny model, e.g. controlnet="tiny/controlnet-sd15"
+    if is_tiny(value):  # an embedded tiny model, e.g. controlnet="tiny/controlnet-sd15"
         resolve_model(value)  # an unknown tiny name is a clear error
         from .tiny import tiny_model_path
 
@@ -740,7 +676,7 @@ def _load_single_file(path: str, opts):
     kwargs = _dtype_kwarg(opts["dtype"])
     if opts["config"] is not None:
         config = opts["config"]
-        if isinstance(config, str) and config.startswith("tiny/"):  # a tiny model's folder as config
+        if is_tiny(config):  # a tiny model's folder as config
             from .tiny import tiny_model_path
 
             resolve_model(config)
@@ -769,10 +705,8 @@ def set_scheduler(pipe, name: str):
     """Swap the pipeline's scheduler for the named one, keeping its config (`from_config`)."""
     import diffusers
 
-    from .spec import SCHEDULER_NAMES
-
     if name not in SCHEDULER_NAMES:
-        raise ValidationError(f"`scheduler` must be one of {sorted(SCHEDULER_NAMES)}, got {name!r}{_suggest(name, SCHEDULER_NAMES)}")
+        raise ValidationError(f"`scheduler` must be one of {sorted(SCHEDULER_NAMES)}, got {name!r}{suggest(name, SCHEDULER_NAMES)}")
     cls_name, overrides = SCHEDULER_NAMES[name]
     pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
     return pipe
