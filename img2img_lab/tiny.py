@@ -41,6 +41,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ValidationError
+from .vocab import TINY_SIZE  # noqa: F401 - re-exported: the size a tiny model runs at without height/width
 
 # Bump when any tiny model's layout or weights change, so every cache rebuilds.
 VERSION = 2  # 2: the tiny ControlNet's zero-initialised output convs are filled (it conditions)
@@ -55,9 +56,6 @@ TINY_MODELS = {
     "tiny/sd-x4-upscaler": "random-weight smoke model, SD x4 upscaler layout (pictures are noise, code paths real)",
 }
 
-# The size (px, square) a tiny model runs at when a spec sets neither height nor width: tiny models
-# are for trying things, and their pictures are noise at any size (the init image is resized to it).
-TINY_SIZE = 64
 
 _SEED = 0
 # Text encoders: tiny, with the byte-level vocabulary written by _tokenizer().
