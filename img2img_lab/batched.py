@@ -19,6 +19,9 @@ Every step reuses the pipeline's own pieces (``encode_prompt``, ``image_processo
 ``retrieve_latents``, ``get_timesteps``, ``scheduler.add_noise/scale_model_input/step``,
 ``prepare_extra_step_kwargs``, ``run_safety_checker``), so images equal ``pipe(**call).images[0]``
 up to floating-point reduction order (max abs difference far below 1e-3 on a 0-1 scale in float32).
+The family-specific ones come from the pipeline's model family (``families.base.StepBatching``:
+today the SD 1.x/2.x family's ``families.sd.SDBatching``); a family without them runs each call
+on its own, for the reason it gives (:func:`batch_refusal`).
 
 Batch shapes: the UNet batch grows as cohorts join. With ``static_shapes=True`` every UNet call is
 padded to ``2 * max_batch_size`` rows (padding rows are discarded), so a ``torch.compile``-d UNet
@@ -33,10 +36,13 @@ import inspect
 import time
 import weakref
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
+
+from .families import StepBatching, family_of
+from .torchutil import free_memory, is_nan_image, is_out_of_memory
+from .vocab import effective_steps
 
 # Schedulers whose state is per-cohort and whose step is per-sample, checked against direct calls
 # in tests/test_batched.py.
@@ -96,12 +102,13 @@ class BatchedOutput:
 
 
 def can_batch(pipe, call: dict) -> bool:
-    """Whether :func:`run_batched` reproduces ``pipe(**call)`` exactly.
+    """Whether :func:`run_batched` reproduces ``pipe(**call)`` exactly (:func:`batch_refusal` is None).
 
-    Supported: a ``StableDiffusionImg2ImgPipeline`` (SD 1.x/2.x family, no IP-Adapter, no guidance
-    embedding) with a scheduler in :data:`SUPPORTED_SCHEDULERS`, and a call with a single ``str``
-    prompt, an optional ``str`` negative prompt, one PIL ``image``, one seeded ``torch.Generator``
-    and only the keyword arguments in ``_CALL_KEYS``. Anything else (ControlNet, callbacks,
+    Supported: a pipeline whose family has per-step batching pieces and accepts it (today a
+    ``StableDiffusionImg2ImgPipeline``: SD 1.x/2.x, no IP-Adapter, no guidance embedding) with a
+    scheduler in :data:`SUPPORTED_SCHEDULERS`, and a call with a single ``str`` prompt, an
+    optional ``str`` negative prompt, one PIL ``image``, one seeded ``torch.Generator`` and only
+    the keyword arguments in ``_CALL_KEYS``. Anything else (ControlNet, callbacks,
     ``prompt_embeds``, ``clip_skip``, ``cross_attention_kwargs``, lists) should go through
     ``pipe(**call)`` directly.
 
@@ -117,29 +124,42 @@ def can_batch(pipe, call: dict) -> bool:
         >>> can_batch(pipe, call)
         True
     """
-    from diffusers import StableDiffusionImg2ImgPipeline
+    return batch_refusal(pipe, call) is None
+
+
+def batch_refusal(pipe, call: dict) -> str | None:
+    """Why ``pipe(**call)`` can't join a batch, in one line; None when it can (see :func:`can_batch`).
+
+    Example:
+        >>> batch_refusal(lab.load_pipeline("tiny/kandinsky22"), call)
+        'KandinskyV22Img2ImgCombinedPipeline: Kandinsky 2.2 runs its prior before the decoder ...'
+    """
     from PIL import Image
 
-    if type(pipe) is not StableDiffusionImg2ImgPipeline:
-        return False
-    unet_config = pipe.unet.config
-    if (
-        unet_config.time_cond_proj_dim is not None
-        or unet_config.addition_embed_type is not None
-        or unet_config.class_embed_type is not None
-        or getattr(pipe.unet, "encoder_hid_proj", None) is not None
-        or type(pipe.scheduler).__name__ not in SUPPORTED_SCHEDULERS
-    ):
-        return False
-    return (
-        set(call) <= _CALL_KEYS
-        and isinstance(call.get("prompt"), str)
-        and isinstance(call.get("negative_prompt"), (str, type(None)))
-        and isinstance(call.get("image"), Image.Image)
-        and isinstance(call.get("generator"), torch.Generator)
-        and call.get("num_images_per_prompt", 1) == 1
-        and call.get("output_type", "pil") in ("pil", "np", "pt")
+    family = family_of(pipe)
+    name = type(pipe).__name__
+    if family.batching is None:
+        return f"{name}: {family.batching_reason}"
+    reason = family.batching.unsupported(pipe)
+    if reason is not None:
+        return f"{name}: {reason}"
+    if type(pipe.scheduler).__name__ not in SUPPORTED_SCHEDULERS:
+        return f"{name}: its scheduler {type(pipe.scheduler).__name__} is not batched (see SUPPORTED_SCHEDULERS)"
+    unknown = sorted(set(call) - _CALL_KEYS)
+    if unknown:
+        return f"`{unknown[0]}` is not a call argument the batched path reproduces"
+    checks = (
+        ("prompt", isinstance(call.get("prompt"), str), "a single string"),
+        ("negative_prompt", isinstance(call.get("negative_prompt"), (str, type(None))), "a string or None"),
+        ("image", isinstance(call.get("image"), Image.Image), "one PIL image"),
+        ("generator", isinstance(call.get("generator"), torch.Generator), "one torch.Generator"),
+        ("num_images_per_prompt", call.get("num_images_per_prompt", 1) == 1, "1"),
+        ("output_type", call.get("output_type", "pil") in ("pil", "np", "pt"), "'pil', 'np' or 'pt'"),
     )
+    for arg, ok, wanted in checks:
+        if not ok:
+            return f"`{arg}` must be {wanted} to be batched, got {call.get(arg)!r}"[:300]
+    return None
 
 
 def run_batched(
@@ -186,12 +206,13 @@ def run_batched(
         raise ValueError(f"`max_batch_size` must be a positive integer, got {max_batch_size!r}")
 
     # 1. validate each call and fill in the pipeline's defaults
+    pieces = family_of(pipe).batching  # the family's own steps (None: every call is refused below)
     outputs: list[BatchedOutput | None] = [None] * len(calls)
     cells = []
     generators = set()
     for index, call in enumerate(calls):
         try:
-            cell = _Cell(index, _full_call(pipe, call))
+            cell = _Cell(index, _full_call(pipe, pieces, call))
             if id(call["generator"]) in generators:
                 raise ValueError(f"`generator` of call {index} is shared with an earlier call; give each call its own")
         except ValueError as error:
@@ -220,12 +241,13 @@ def run_batched(
             states = [cell.call["generator"].get_state() for cell in batch]
             start = time.perf_counter()
             try:
-                results = _run_batch(pipe, batch, encoded, 2 * max_batch_size if static_shapes else None, on_step)
+                results = _run_batch(pipe, pieces, batch, encoded, 2 * max_batch_size if static_shapes else None,
+                                     on_step)
             except Exception as error:  # noqa: BLE001 - recorded per call
                 for cell, state in zip(batch, states):
                     cell.call["generator"].set_state(state)
-                if _is_out_of_memory(error) and batch_size > 1:
-                    _free_memory()
+                if is_out_of_memory(error) and batch_size > 1:
+                    free_memory()
                     batch_size //= 2
                     continue
                 results = [BatchedOutput(error=error)] * len(batch)
@@ -258,23 +280,23 @@ class _Cell:
         self.image: torch.Tensor | None = None  # preprocessed init image
 
     def t_start(self, pipe) -> int:
-        steps, strength = self.call["num_inference_steps"], self.call["strength"]
         # the arithmetic of StableDiffusionImg2ImgPipeline.get_timesteps
-        return steps - min(int(steps * strength), steps)
+        return self.call["num_inference_steps"] - effective_steps(self.call)
 
 
-def _full_call(pipe, call: dict) -> dict:
+def _full_call(pipe, pieces: StepBatching, call: dict) -> dict:
     """The call with the pipeline's defaults filled in, checked as ``pipe.__call__`` would."""
-    if not can_batch(pipe, call):
-        raise ValueError(f"call {sorted(call)} is not supported by the batched path (see `can_batch`)")
+    refusal = batch_refusal(pipe, call)
+    if refusal is not None:
+        raise ValueError(f"call {sorted(call)} is not supported by the batched path: {refusal}")
     defaults = {
         name: parameter.default
         for name, parameter in inspect.signature(pipe.__call__).parameters.items()
         if name in _CALL_KEYS
     }
     full = {**defaults, **call}
-    pipe.check_inputs(full["prompt"], full["strength"], None, negative_prompt=full["negative_prompt"])
-    if int(full["num_inference_steps"] * full["strength"]) < 1:
+    pieces.check_call(pipe, full)
+    if effective_steps(full) < 1:
         raise ValueError(
             f"`strength` * `num_inference_steps` must leave at least one denoising step, got "
             f"{full['strength']} * {full['num_inference_steps']}"
@@ -282,99 +304,106 @@ def _full_call(pipe, call: dict) -> dict:
     return full
 
 
-def _prompt_embeds(pipe, text: str, device) -> torch.Tensor:
-    """``pipe.encode_prompt`` of one text, cached per text encoder.
+def _conditioning(pipe, pieces: StepBatching, text: str, device) -> dict:
+    """The family's encoding of one text (denoiser keyword -> rows), cached per text encoder.
 
     A negative prompt is encoded exactly like a prompt (same tokenizer padding, same encoder), and
     ``negative_prompt=None`` means ``""``, so one cache serves both.
     """
-    cache = _PROMPT_CACHE.setdefault(pipe.text_encoder, {})
+    cache = _PROMPT_CACHE.setdefault(pieces.text_owner(pipe), {})
     key = (text, str(device))
     if key not in cache:
         if len(cache) >= _PROMPT_CACHE_SIZE:
             cache.clear()
-        cache[key] = pipe.encode_prompt(text, device, 1, False)[0]
+        cache[key] = pieces.encode_prompt(pipe, text, device)
     return cache[key]
+
+
+def _cat_conditioning(parts: list[dict]) -> dict:
+    """Conditionings (denoiser keyword -> rows) stacked row-wise, in order."""
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
 class _Cohort:
     """Calls of one batch that start at the same step: one scheduler copy steps them all."""
 
-    def __init__(self, pipe, cells: list[_Cell], device):
-        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
-
+    def __init__(self, pipe, pieces: StepBatching, cells: list[_Cell], device):
         call = cells[0].call
         self.cells = cells
         self.scheduler = copy.deepcopy(pipe.scheduler)
-        retrieve_timesteps(self.scheduler, call["num_inference_steps"], device)
+        self.timesteps = pieces.timesteps(pipe, self.scheduler, call["num_inference_steps"], call["strength"], device)
         self.grid_length = len(self.scheduler.timesteps)
-        # the pipeline's own get_timesteps, applied to this cohort's scheduler copy
-        self.timesteps, _ = type(pipe).get_timesteps(
-            SimpleNamespace(scheduler=self.scheduler), call["num_inference_steps"], call["strength"], device
-        )
         self.start = self.grid_length - len(self.timesteps)  # index into the shared grid
         generators = [cell.call["generator"] for cell in cells]
         self.step_kwargs = pipe.prepare_extra_step_kwargs(generators, call["eta"])
 
         guidance = [cell.call["guidance_scale"] for cell in cells]
         self.cfg = torch.tensor([g > 1 for g in guidance], device=device)  # diffusers' do_classifier_free_guidance
-        cond = torch.cat([_prompt_embeds(pipe, cell.call["prompt"], device) for cell in cells])
-        uncond = [_prompt_embeds(pipe, cell.call["negative_prompt"] or "", device) for cell in cells]
+        cond = [_conditioning(pipe, pieces, cell.call["prompt"], device) for cell in cells]
+        uncond = [_conditioning(pipe, pieces, cell.call["negative_prompt"] or "", device) for cell in cells]
         uncond = [embeds for embeds, cfg in zip(uncond, self.cfg) if cfg]
-        self.embeds = torch.cat(uncond + [cond])  # rows: unconditional (CFG calls only), conditional
+        # rows: unconditional (CFG calls only), conditional
+        self.conditioning = _cat_conditioning(uncond + cond)
         self.latents: torch.Tensor | None = None
         self.guidance: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
-        return len(self.embeds)
+        return len(next(iter(self.conditioning.values())))
 
 
 @torch.no_grad()
-def _run_batch(pipe, cells: list[_Cell], encoded: dict, pad_rows: int | None, on_step=None) -> list[BatchedOutput]:
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
-    from diffusers.utils.torch_utils import randn_tensor
-
+def _run_batch(pipe, pieces: StepBatching, cells: list[_Cell], encoded: dict, pad_rows: int | None,
+               on_step=None) -> list[BatchedOutput]:
     device = pipe._execution_device
-    dtype = pipe.text_encoder.dtype  # the dtype of prompt_embeds in a direct call
-
+    dtype = pieces.dtype(pipe)
     # 1. cohorts by start step (and eta, which the scheduler step takes)
     by_start: dict[tuple, list[_Cell]] = {}
     for cell in cells:
         by_start.setdefault((cell.t_start(pipe), cell.call["eta"]), []).append(cell)
-    cohorts = [_Cohort(pipe, members, device) for members in by_start.values()]
-
+    cohorts = [_Cohort(pipe, pieces, members, device) for members in by_start.values()]
     # 2. initial latents, drawing from each call's generator in the order of prepare_latents
+    _start_latents(pipe, pieces, cohorts, encoded, device, dtype)
+    # 3. denoising loop over the shared grid; a cohort joins at its start index
+    _denoise(pipe, pieces, cohorts, device, pad_rows, on_step)
+    # 4. decode in the order of `cells`, then the pipeline's safety checker and postprocessing
+    return _finish(pipe, pieces, cohorts, cells, device, dtype)
+
+
+def _start_latents(pipe, pieces: StepBatching, cohorts: list[_Cohort], encoded: dict, device, dtype) -> None:
+    """Each cohort's noisy initial latents and guidance scales (init images encoded once each)."""
     for cohort in cohorts:
         latents = []
         for cell in cohort.cells:
             key = id(cell.call["image"])
             if key not in encoded:
-                encoded[key] = pipe.vae.encode(cell.image.to(device=device, dtype=dtype))
-            generator = cell.call["generator"]
-            init = pipe.vae.config.scaling_factor * retrieve_latents(encoded[key], generator=generator)
-            noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
-            latents.append(cohort.scheduler.add_noise(init, noise, cohort.timesteps[:1]))
+                encoded[key] = pieces.encode_image(pipe, cell.image, device, dtype)
+            latents.append(pieces.noisy_latents(pipe, encoded[key], cell.call["generator"], cohort.scheduler,
+                                                cohort.timesteps[:1], device, dtype))
         cohort.latents = torch.cat(latents)
         guidance = [cell.call["guidance_scale"] for cell, cfg in zip(cohort.cells, cohort.cfg) if cfg]
         cohort.guidance = torch.tensor(guidance, device=device, dtype=cohort.latents.dtype).view(-1, 1, 1, 1)
 
-    # 3. denoising loop over the shared grid; a cohort joins at its start index
+
+def _denoise(pipe, pieces: StepBatching, cohorts: list[_Cohort], device, pad_rows: int | None, on_step) -> None:
+    """The shared grid, one denoiser forward per step over every cohort that has joined."""
     for i in range(min(cohort.start for cohort in cohorts), cohorts[0].grid_length):
         active = [cohort for cohort in cohorts if i >= cohort.start]
         steps = [cohort.timesteps[i - cohort.start] for cohort in active]
+        # 1. the rows: scaled latents (unconditional rows for CFG calls, then all), timesteps, conditioning
         inputs, timesteps = [], []
         for cohort, t in zip(active, steps):
             x = cohort.scheduler.scale_model_input(cohort.latents, t)
             inputs += [x[cohort.cfg], x]
             timesteps.append(t.to(device).expand(cohort.rows))
         sample, timestep = torch.cat(inputs), torch.cat(timesteps)
-        embeds = torch.cat([cohort.embeds for cohort in active])
+        conditioning = _cat_conditioning([cohort.conditioning for cohort in active])
         rows = len(sample)
         if pad_rows is not None and rows < pad_rows:
-            sample, timestep, embeds = (_pad(tensor, pad_rows) for tensor in (sample, timestep, embeds))
-        noise_pred = pipe.unet(sample, timestep, encoder_hidden_states=embeds, return_dict=False)[0][:rows]
-
+            sample, timestep = _pad(sample, pad_rows), _pad(timestep, pad_rows)
+            conditioning = {name: _pad(tensor, pad_rows) for name, tensor in conditioning.items()}
+        # 2. one forward, then guidance and a scheduler step per cohort
+        noise_pred = pieces.predict_noise(pipe, sample, timestep, conditioning)[:rows]
         for cohort, t, pred in zip(active, steps, noise_pred.split([c.rows for c in active])):
             n_cfg = len(cohort.guidance)
             uncond, cond = pred[:n_cfg], pred[n_cfg:]
@@ -387,14 +416,15 @@ def _run_batch(pipe, cells: list[_Cell], encoded: dict, pad_rows: int | None, on
                 for cell in cohort.cells:
                     on_step(cell.index, i - cohort.start + 1, len(cohort.timesteps))
 
-    # 4. decode in the order of `cells`, then the pipeline's safety checker and postprocessing
+
+def _finish(pipe, pieces: StepBatching, cohorts: list[_Cohort], cells: list[_Cell], device, dtype) -> list[BatchedOutput]:
+    """Decode every cohort's latents, flag broken pictures, run the safety checker, postprocess."""
     order = [cell for cohort in cohorts for cell in cohort.cells]
-    latents = torch.cat([cohort.latents for cohort in cohorts])
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    # as runner.is_nan_image on the direct path: NaN anywhere, or all black after denormalising
-    broken = [bool(not torch.isfinite(x).all() or (x / 2 + 0.5).clamp(0, 1).max() <= 1 / 255) for x in image]
+    image = pieces.decode(pipe, torch.cat([cohort.latents for cohort in cohorts]))
+    # as on the direct path: NaN anywhere, or all black after denormalising (-1..1 -> 0..1)
+    broken = [is_nan_image(x / 2 + 0.5) for x in image]
     image = torch.nan_to_num(image, nan=-1.0)  # NaN -> black, as the direct path's nan_to_num(0)
-    image, nsfw = pipe.run_safety_checker(image, device, dtype)
+    image, nsfw = pieces.safety_check(pipe, image, device, dtype)
 
     results = {}
     for j, cell in enumerate(order):
@@ -409,14 +439,3 @@ def _run_batch(pipe, cells: list[_Cell], encoded: dict, pad_rows: int | None, on
 def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     """Repeat the last row up to ``rows`` rows (padding whose outputs are discarded)."""
     return torch.cat([tensor, tensor[-1:].expand(rows - len(tensor), *tensor.shape[1:])])
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error)
-    )
-
-
-def _free_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

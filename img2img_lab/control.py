@@ -5,12 +5,20 @@ or a list for multi-ControlNet); `control_image` and `controlnet_conditioning_sc
 call kwargs, so a sweep varies them like any other. This module turns what a spec or a notebook
 holds (a sample name, a path, a URL, a list of them) into the PIL images the pipeline takes, and
 makes depth control images with a transformers depth-estimation model, like the guide's
-`get_depth_map`.
+`get_depth_map`. Which call arguments hold such pictures is the model family's knob
+(`families.controlnet`: `picture_args = ("control_image",)`); a sweep prepares them with
+`prepare_control_image`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import ValidationError
+from .images import load_image
+from .loaders import hub_access
+from .quiet import quiet_loading
+from .torchutil import resolve_device
 
 _ESTIMATORS: dict = {}
 
@@ -32,8 +40,6 @@ def prepare_control_image(src, size=None):
         >>> control = prepare_control_image("https://.../control.png", size=init.size)
         >>> pipe(prompt, image=init, control_image=control, controlnet_conditioning_scale=0.8)
     """
-    from .images import load_image
-
     if isinstance(src, (list, tuple)):
         if not src:
             raise ValidationError("`control_image` list is empty; give one image per ControlNet")
@@ -73,10 +79,6 @@ def depth_estimator(model: str, device=None):
     Example:
         >>> estimator = depth_estimator("Intel/dpt-hybrid-midas")
     """
-    from pathlib import Path
-
-    from .loaders import hub_access, quiet_loading, resolve_device
-
     if not isinstance(model, str) or not model:
         raise ValidationError(f"`model` must be a depth-estimation model id or folder, got {model!r}")
     device = resolve_device(device)
@@ -117,8 +119,6 @@ def depth_map(image, model: str, *, device=None, size=None):
     """
     import numpy as np
     from PIL import Image
-
-    from .images import load_image
 
     picture = load_image(image)
     depth = depth_estimator(model, device)(picture)["depth"]

@@ -3,19 +3,30 @@
 Everything goes through diffusers' own loaders (`AutoPipelineForImage2Image.from_pretrained`,
 `DiffusionPipeline.from_pretrained`, `from_single_file`, `from_pipe`); this module validates the
 options first, picks the right class, applies the speed/memory knobs, and caches the result.
+What differs between model families (the class to load with, extra components such as
+Kandinsky's prior, single-file layouts) comes from the family registry (`families`).
 """
 
 from __future__ import annotations
 
-import logging
+import gc
 import os
-import re
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ValidationError
-from .torchutil import resolve_device
+from .families import LoadContext, family_of_checkpoint, family_of_class
+from .quiet import (  # noqa: F401 - CALL_*/LOAD_* and quiet_third_party re-exported with the loaders
+    CALL_LOG_NOISE,
+    CALL_WARNING_NOISE,
+    LOAD_WARNING_NOISE,
+    quiet_call,
+    quiet_loading,
+    quiet_third_party,
+    user_stacklevel,
+)
+from .tiny import TINY_MODELS, tiny_model_path
+from .torchutil import free_memory, resolve_device
 from .vocab import (
     ATTENTION,
     COMPILE_MODES,
@@ -37,11 +48,6 @@ MOVED_MODELS = {
     "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "runwayml/stable-diffusion-inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
 }
-# Kandinsky 2.2 decoders need a prior; AutoPipeline would otherwise fetch this one from the hub.
-KANDINSKY_PRIORS = {"kandinsky-community/kandinsky-2-2-decoder": "kandinsky-community/kandinsky-2-2-prior"}
-# Pipelines that AutoPipelineForImage2Image does not map; loaded with DiffusionPipeline instead.
-DIRECT_CLASSES = {"StableDiffusionLatentUpscalePipeline", "StableDiffusionUpscalePipeline"}
-KANDINSKY_DECODERS = {"KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22Img2ImgCombinedPipeline"}
 _CACHE: dict = {}
 
 
@@ -142,8 +148,6 @@ def resolve_model(model) -> tuple[str, str]:
     if not isinstance(model, str) or not model.strip():
         raise ValidationError(f"`model` must be a hub id, a local path or a tiny model name, got {model!r}")
     if is_tiny(model):
-        from .tiny import TINY_MODELS
-
         if model not in TINY_MODELS:
             raise ValidationError(
                 f"`model` {model!r} is not an embedded tiny model; choose one of {sorted(TINY_MODELS)}"
@@ -233,8 +237,6 @@ def load_pipeline(model, **options):
     # 2. load with diffusers (without its and transformers' per-component progress bars)
     with quiet_loading():
         if kind == "tiny":
-            from .tiny import tiny_model_path
-
             source_path = str(tiny_model_path(source))
             pipe = _load_pretrained(source_path, opts, tiny=source)
         elif kind == "file":
@@ -260,129 +262,8 @@ def clear_pipeline_cache() -> None:
     """
     _CACHE.clear()
     _HUB_PROBES.clear()
-    try:
-        import gc
-
-        import torch
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-# --------------------------------------------------------------------------------------------
-# third-party noise: messages that tell the user nothing, silenced around our own calls only
-
-# diffusers'/transformers' log lines during a pipeline call: the per-call prompt truncation
-# notices of diffusers' encode_prompt and of its untruncated tokenizer call (the sweep says it
-# once itself, see runner.warn_long_prompts), and the SDXL pipelines' own VAE upcast
-# `vae.to(torch.float32)` tripping ModelMixin.to's "should be kept in float32" advice.
-CALL_LOG_NOISE = (
-    re.compile(r"^The following part of your input was truncated because CLIP can only handle"),
-    re.compile(r"^Token indices sequence length is longer than the specified maximum sequence length"),
-    re.compile(r"^There are modules in \w+ that should be kept in float32"),
-)
-# warnings raised inside diffusers by diffusers' own calls (message regex, category)
-CALL_WARNING_NOISE = (
-    # KandinskyV22*CombinedPipeline always hands its default callback_steps=1 to its decoder
-    (r"`callback_steps` is deprecated", FutureWarning),
-    # numpy 2 on diffusers' own np.array(tensor ...) in some schedulers' set_timesteps
-    (r"__array__ implementation doesn't accept a copy keyword", DeprecationWarning),
-)
-LOAD_WARNING_NOISE = (
-    # diffusers' hub downloads pass an argument huggingface_hub no longer uses
-    (r"The `local_dir_use_symlinks` argument is deprecated", UserWarning),
-)
-
-
-class _DropMessages(logging.Filter):
-    """Drops log records whose message matches one of `patterns`."""
-
-    def __init__(self, patterns):
-        super().__init__()
-        self.patterns = patterns
-
-    def filter(self, record) -> bool:
-        message = record.getMessage()
-        return not any(p.search(message) for p in self.patterns)
-
-
-@contextmanager
-def quiet_third_party(logs=(), warnings_=(), progress_bars: bool = False):
-    """Silence the given third-party messages while inside, and put everything back afterwards.
-
-    Args:
-        logs: compiled regexes of diffusers/transformers log messages to drop (a `logging.Filter`
-            on those libraries' handlers, removed on exit).
-        warnings_: `(message regex, category)` pairs ignored (`warnings.catch_warnings`).
-        progress_bars: turn off diffusers' and transformers' own progress bars ("Loading pipeline
-            components", "Loading weights", "Writing model shards"); huggingface_hub's download
-            bars stay as they were. The previous settings are restored on exit.
-
-    Example:
-        >>> with quiet_third_party(progress_bars=True):
-        ...     pipe = AutoPipelineForImage2Image.from_pretrained(folder)
-    """
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-    from huggingface_hub import utils as hub_utils
-
-    handlers = set()
-    if logs:
-        for name in ("diffusers", "transformers", ""):  # the libraries' handlers, and root's if they propagate
-            handlers.update(logging.getLogger(name).handlers)
-    drop = _DropMessages(logs)
-    for handler in handlers:
-        handler.addFilter(drop)
-    bars = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled(),
-            hub_utils.are_progress_bars_disabled())
-    if progress_bars:
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()  # this one turns the hub's off too:
-        if not bars[2]:
-            hub_utils.enable_progress_bars()  # downloads keep their bars
-    try:
-        with warnings.catch_warnings():
-            for message, category in warnings_:
-                warnings.filterwarnings("ignore", message=message, category=category)
-            yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(drop)
-        if progress_bars:
-            if bars[0]:
-                diffusers_logging.enable_progress_bar()
-            if bars[1]:
-                transformers_logging.enable_progress_bar()
-            if bars[2]:
-                hub_utils.disable_progress_bars()
-            else:
-                hub_utils.enable_progress_bars()
-
-
-def quiet_call():
-    """Around a pipeline call: diffusers' own per-call noise off (see CALL_LOG_NOISE)."""
-    return quiet_third_party(logs=CALL_LOG_NOISE, warnings_=CALL_WARNING_NOISE)
-
-
-def quiet_loading():
-    """Around from_pretrained/save_pretrained: the libraries' own progress bars off."""
-    return quiet_third_party(warnings_=LOAD_WARNING_NOISE, progress_bars=True)
-
-
-def user_stacklevel() -> int:
-    """The `stacklevel` that points a warning at the first frame outside this package (the
-    user's cell or script), however deep inside the package it is raised."""
-    import inspect
-
-    package = str(Path(__file__).resolve().parent) + os.sep
-    level, frame = 1, inspect.currentframe().f_back  # the caller of user_stacklevel: level 1
-    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
-        frame, level = frame.f_back, level + 1  # (the outermost frame if all are ours: `python -m`)
-    del frame
-    return level
+    gc.collect()
+    free_memory()
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,8 +383,6 @@ def _load_component(value, cls_name: str, opts, what: str):
     cls = getattr(diffusers, cls_name)
     if is_tiny(value):  # an embedded tiny model, e.g. controlnet="tiny/controlnet-sd15"
         resolve_model(value)  # an unknown tiny name is a clear error
-        from .tiny import tiny_model_path
-
         value = str(tiny_model_path(value))
     kind, src = ("folder", value) if Path(value).expanduser().exists() else ("hub", value)
     kwargs = _dtype_kwarg(opts["dtype"])
@@ -520,19 +399,26 @@ def _load_component(value, cls_name: str, opts, what: str):
         raise ValidationError(f"`{what}` {value!r} could not be loaded: {str(exc).splitlines()[0][:300]}") from None
 
 
-def _prior_components(prior, opts) -> dict:
-    from diffusers import KandinskyV22PriorPipeline
+def _load_companion(value, cls_name: str, opts, what: str):
+    """A whole companion pipeline (Kandinsky's prior) from a hub id or a folder."""
+    import diffusers
 
     kwargs = _dtype_kwarg(opts["dtype"])
     if opts["use_safetensors"] and not opts["allow_pickle"]:
         kwargs["use_safetensors"] = True
-    if isinstance(prior, str) and not Path(prior).expanduser().exists():
-        kwargs.update(hub_access(prior, "prior", filename="model_index.json"))
+    if isinstance(value, str) and not Path(value).expanduser().exists():
+        kwargs.update(hub_access(value, what, filename="model_index.json"))
     try:
-        prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior, **kwargs)
+        return getattr(diffusers, cls_name).from_pretrained(value, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
-        raise ValidationError(f"`prior` {prior!r} could not be loaded: {str(exc).splitlines()[0][:300]}") from None
-    return {f"prior_{name}": comp for name, comp in prior_pipe.components.items()}
+        raise ValidationError(f"`{what}` {value!r} could not be loaded: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _load_context(source: str, class_name: str, opts, tiny: str | None = None) -> LoadContext:
+    """What a family's `load_extras` sees: this load, and the helpers it may load sub-models with."""
+    return LoadContext(source=source, class_name=class_name, options=opts, tiny=tiny,
+                       load_component=lambda value, cls_name, what: _load_component(value, cls_name, opts, what),
+                       load_pipeline=lambda value, cls_name, what: _load_companion(value, cls_name, opts, what))
 
 
 def _from_pretrained_with_variant(loader, source, opts, **kwargs):
@@ -560,54 +446,32 @@ def _load_pretrained(source: str, opts, tiny: str | None = None):
     import diffusers
     from diffusers import AutoPipelineForImage2Image
 
+    # 1. the pipeline class its model_index.json names, and so its family
     if Path(source).is_dir():
         _check_pickle(source, opts)
         hub = {}
     else:
         hub = hub_access(source, "model", filename="model_index.json", revision=opts["revision"], tiny="tiny/sd15")
-    index = _read_model_index(source, opts, hub)
-    class_name = index.get("_class_name", "")
-    extra = {}
-    if opts["controlnet"] is not None:
-        cns = opts["controlnet"]
-        loaded = [_load_component(c, "ControlNetModel", opts, "controlnet")
-                  for c in (cns if isinstance(cns, (list, tuple)) else [cns])]
-        extra["controlnet"] = loaded if isinstance(cns, (list, tuple)) else loaded[0]
-    if opts["vae"] is not None:
-        vae_cls = "VQModel" if class_name in KANDINSKY_DECODERS else "AutoencoderKL"
-        extra["vae" if vae_cls == "AutoencoderKL" else "movq"] = _load_component(opts["vae"], vae_cls, opts, "vae")
-    if class_name in KANDINSKY_DECODERS:
-        prior = opts["prior"]
-        if prior is None and tiny is not None:
-            from .tiny import kandinsky_prior_path
-
-            prior = str(kandinsky_prior_path())
-        prior = prior or KANDINSKY_PRIORS.get(source)
-        if prior is None:
-            raise ValidationError(
-                f"`prior` is needed for the Kandinsky 2.2 decoder {source!r}: pass prior=<hub id or folder> "
-                f"(e.g. 'kandinsky-community/kandinsky-2-2-prior')"
-            )
-        extra.update(_prior_components(prior, opts))
+    class_name = _read_model_index(source, opts, hub).get("_class_name", "")
+    family = family_of_class(class_name)
+    # 2. the family's extra components (ControlNets, a VAE, Kandinsky's prior) and loader class
+    extra = family.load_extras(_load_context(source, class_name, opts, tiny))
+    direct = family.loader_class(class_name)
+    loader = getattr(diffusers, direct).from_pretrained if direct else AutoPipelineForImage2Image.from_pretrained
+    # 3. the weights
     try:
-        if class_name in DIRECT_CLASSES:
-            if opts["controlnet"] is not None:
-                raise ValidationError(f"`controlnet` can't be used with the upscaler {source!r} ({class_name})")
-            loader = getattr(diffusers, class_name).from_pretrained
-        else:
-            loader = AutoPipelineForImage2Image.from_pretrained
-        pipe = _from_pretrained_with_variant(loader, source, opts, **hub, **extra)
+        return _from_pretrained_with_variant(loader, source, opts, **hub, **extra)
     except ValidationError:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ValidationError(
             f"`model` {source!r} could not be loaded: {str(exc).splitlines()[0][:300]}"
         ) from None
-    return pipe
 
 
-def _single_file_class(path: str, opts) -> str:
-    """The img2img class for a single checkpoint, from its tensor names (diffusers' own inference)."""
+def _single_file_class(path: str, opts) -> tuple:
+    """(family, img2img class name) of a single checkpoint, from its tensor names (diffusers' own
+    inference of the layout; the family of that layout names the class)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     if Path(path).suffix.lower() == ".safetensors":
@@ -647,21 +511,11 @@ def _single_file_class(path: str, opts) -> str:
         checkpoint = load_single_file_checkpoint(path)
         model_type = infer_diffusers_model_type(checkpoint)
         keys = list(checkpoint)
-    # diffusers answers "v1" for any file it does not recognise; a real SD checkpoint has a UNet
-    if model_type.startswith(("v1", "v2")) and not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise ValidationError(
-            f"`model` {path!r} is not a Stable Diffusion checkpoint of a known layout (no "
-            f"'model.diffusion_model.*' UNet tensors among its {len(keys)} tensors)"
-        )
-    if model_type.startswith("xl") or model_type.startswith("playground"):
-        name = "StableDiffusionXLImg2ImgPipeline"
-    elif model_type.startswith(("v1", "v2")):
-        name = "StableDiffusionImg2ImgPipeline"
-    else:
+    family = family_of_checkpoint(model_type)
+    name = family.single_file_class(path, model_type, keys, opts["controlnet"] is not None) if family else None
+    if name is None:
         raise ValidationError(f"`model` checkpoint {path!r} is of type {model_type!r}, which has no img2img loader here")
-    if opts["controlnet"] is not None:
-        name = name.replace("Img2ImgPipeline", "ControlNetImg2ImgPipeline")
-    return name
+    return family, name
 
 
 def _load_single_file(path: str, opts):
@@ -672,13 +526,12 @@ def _load_single_file(path: str, opts):
             f"`model` {path!r} is a pickle checkpoint, which can run arbitrary code when loaded; "
             f"use a .safetensors file, or pass allow_pickle=True if you trust it"
         )
-    cls = getattr(diffusers, _single_file_class(path, opts))
+    family, class_name = _single_file_class(path, opts)
+    cls = getattr(diffusers, class_name)
     kwargs = _dtype_kwarg(opts["dtype"])
     if opts["config"] is not None:
         config = opts["config"]
         if is_tiny(config):  # a tiny model's folder as config
-            from .tiny import tiny_model_path
-
             resolve_model(config)
             config = str(tiny_model_path(config))
         if isinstance(config, str) and not Path(config).expanduser().exists():
@@ -686,12 +539,7 @@ def _load_single_file(path: str, opts):
         kwargs["config"] = config
     elif hub_unreachable_reason() is not None:
         kwargs["local_files_only"] = True  # diffusers' default config repo: from the cache or a quick error
-    if opts["controlnet"] is not None:
-        cn = opts["controlnet"]
-        kwargs["controlnet"] = [_load_component(c, "ControlNetModel", opts, "controlnet") for c in cn] \
-            if isinstance(cn, (list, tuple)) else _load_component(cn, "ControlNetModel", opts, "controlnet")
-    if opts["vae"] is not None:
-        kwargs["vae"] = _load_component(opts["vae"], "AutoencoderKL", opts, "vae")
+    kwargs.update(family.load_extras(_load_context(path, class_name, opts)))  # ControlNets, a VAE
     try:
         return cls.from_single_file(path, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:

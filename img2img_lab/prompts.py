@@ -16,6 +16,7 @@ from __future__ import annotations
 import weakref
 
 from .errors import ValidationError
+from .families import family_of
 
 # text encoder module -> {prompt text: (embeds, pooled or None)}; dies with the encoder
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -25,19 +26,15 @@ STATS = {"encoded": 0, "cached": 0}
 
 
 def pipeline_kind(pipe) -> str:
-    """'sd', 'sdxl' or 'sdxl-refiner': which compel encoding `pipe` needs.
+    """'sd', 'sdxl' or 'sdxl-refiner': which compel encoding `pipe` needs, as its model family
+    says (`Family.prompt_encoding`).
 
     Raises:
         ValidationError: the pipeline has no CLIP text encoder compel can weight (e.g. Kandinsky).
     """
-    te1 = getattr(pipe, "text_encoder", None)
-    te2 = getattr(pipe, "text_encoder_2", None)
-    tok1 = getattr(pipe, "tokenizer", None)
-    tok2 = getattr(pipe, "tokenizer_2", None)
-    if te2 is not None and tok2 is not None:
-        return "sdxl" if te1 is not None and tok1 is not None else "sdxl-refiner"
-    if te1 is not None and tok1 is not None and "CLIP" in type(te1).__name__ and not hasattr(pipe, "prior"):
-        return "sd"
+    kind = family_of(pipe).prompt_encoding(pipe)
+    if kind is not None:
+        return kind
     raise ValidationError(
         f"`compel` prompt weighting works with SD 1.x/2.x, SDXL and the SDXL refiner; "
         f"{type(pipe).__name__} has no CLIP text encoder to weight"

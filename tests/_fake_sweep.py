@@ -147,7 +147,7 @@ def make_tiny_clip(path, *, seed: int = 0, image_size: int = 32, num_vision_laye
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
-    from img2img_lab.tiny import _tokenizer
+    from img2img_lab.families.tiny_parts import tokenizer as byte_tokenizer
 
     try:  # transformers 5: the PIL processor needs no torchvision
         from transformers import CLIPImageProcessorPil as ImageProcessor
@@ -156,7 +156,7 @@ def make_tiny_clip(path, *, seed: int = 0, image_size: int = 32, num_vision_laye
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer()  # the tiny models' byte-level CLIP tokenizer (one token per byte)
+    tokenizer = byte_tokenizer()  # the tiny models' byte-level CLIP tokenizer (one token per byte)
     vocab = tokenizer.get_vocab()
     image_processor = ImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}

@@ -1,0 +1,127 @@
+"""The parts every tiny twin is built from: seeded construction, a byte-level CLIP tokenizer, tiny
+CLIP text encoders, a tiny AutoencoderKL, the SD training schedule, and saving.
+
+Each part seeds torch itself (`seeded`), so a component's weights depend only on its own code:
+two families that build "the same" part (tiny/sd15's VAE and the x2 latent upscaler's) get the
+very same weights. Changing any value here changes tiny weights: bump `tiny.VERSION` with it.
+torch, diffusers and transformers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+SEED = 0
+# Text encoders: tiny, with the byte-level vocabulary written by `tokenizer()`.
+TEXT_HIDDEN = 32
+VOCAB_SIZE = 2 * 256 + 2
+BOS_ID, EOS_ID = 512, 513
+
+
+def seeded(cls, *args, **kwargs):
+    """`cls(*args, **kwargs)` right after `torch.manual_seed(SEED)`: weights that depend on the code only."""
+    import torch
+
+    torch.manual_seed(SEED)
+    return cls(*args, **kwargs)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable unicode character table (also CLIP's)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tokenizer(pad_token: str = "<|endoftext|>"):
+    """A real CLIPTokenizer on a byte-level vocabulary with no merges (one token per byte).
+
+    ``pad_token="!"`` mimics SDXL's second tokenizer.
+    """
+    from transformers import CLIPTokenizer
+
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    assert len(vocab) == VOCAB_SIZE and vocab["<|startoftext|>"] == BOS_ID
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        # local_files_only: a local folder; said explicitly, so the saved tokenizer_config.json is the
+        # same whether or not HF_HUB_OFFLINE is set while building (transformers records the flag)
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=77, pad_token=pad_token, local_files_only=True)
+
+
+def text_config(**overrides):
+    """A tiny `CLIPTextConfig` over the byte vocabulary; `overrides` replace its values."""
+    from transformers import CLIPTextConfig
+
+    config = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,  # SDXL reads hidden_states[-2]
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+        layer_norm_eps=1e-5,
+        hidden_act="quick_gelu",
+        projection_dim=TEXT_HIDDEN,
+    )
+    config.update(overrides)
+    return CLIPTextConfig(**config)
+
+
+def text_encoder(**overrides):
+    """A seeded tiny `CLIPTextModel` (SD 1.x's text encoder, SDXL's first)."""
+    from transformers import CLIPTextModel
+
+    return seeded(CLIPTextModel, text_config(**overrides))
+
+
+def text_encoder_with_projection(**overrides):
+    """A seeded tiny `CLIPTextModelWithProjection` (SDXL's second text encoder, Kandinsky's prior's)."""
+    from transformers import CLIPTextModelWithProjection
+
+    return seeded(CLIPTextModelWithProjection, text_config(**overrides))
+
+
+def vae(num_blocks: int = 4, scaling_factor: float = 0.18215, force_upcast: bool = True):
+    """AutoencoderKL with the real scale factor ``2 ** (num_blocks - 1)`` and tiny channels."""
+    from diffusers import AutoencoderKL
+
+    channels = (8, 16, 32, 32)[-num_blocks:]
+    return seeded(
+        AutoencoderKL,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * num_blocks,
+        up_block_types=("UpDecoderBlock2D",) * num_blocks,
+        block_out_channels=channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=256,
+        scaling_factor=scaling_factor,
+        force_upcast=force_upcast,
+    )
+
+
+def sd_scheduler_kwargs() -> dict:
+    """The SD 1.x / SDXL training schedule, as scheduler keyword arguments."""
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def save(model, folder: Path) -> None:
+    """`save_pretrained` in safetensors: a pipeline or a single model, as a downloaded checkpoint has it."""
+    model.save_pretrained(folder, safe_serialization=True)
