@@ -205,36 +205,16 @@ def run_batched(
     if not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"`max_batch_size` must be a positive integer, got {max_batch_size!r}")
 
-    # 1. validate each call and fill in the pipeline's defaults
-    pieces = family_of(pipe).batching  # the family's own steps (None: every call is refused below)
+    # 1. validate each call and fill in the pipeline's defaults (a refused call gets its error)
+    pieces = family_of(pipe).batching  # the family's own steps (None: every call is refused)
     outputs: list[BatchedOutput | None] = [None] * len(calls)
-    cells = []
-    generators = set()
-    for index, call in enumerate(calls):
-        try:
-            cell = _Cell(index, _full_call(pipe, pieces, call))
-            if id(call["generator"]) in generators:
-                raise ValueError(f"`generator` of call {index} is shared with an earlier call; give each call its own")
-        except ValueError as error:
-            outputs[index] = BatchedOutput(error=error)
-            continue
-        generators.add(id(call["generator"]))
-        cells.append(cell)
-
+    cells = _valid_cells(pipe, pieces, calls, outputs)
     # 2. shared work: preprocess each init image once, group calls sharing a timestep grid
-    images: dict[int, torch.Tensor] = {}
-    groups: dict[tuple, list[_Cell]] = {}
-    for cell in cells:
-        key = id(cell.call["image"])
-        if key not in images:
-            images[key] = pipe.image_processor.preprocess(cell.call["image"])
-        cell.image = images[key]
-        groups.setdefault((cell.call["num_inference_steps"], *cell.image.shape[-2:]), []).append(cell)
+    groups = _grid_groups(pipe, cells)
     encoded: dict[int, Any] = {}  # id(image) -> VAE encoder output, filled on first use
-
     # 3. denoise batch by batch, halving on out-of-memory
     batch_size = max_batch_size
-    for group in groups.values():
+    for group in groups:
         pending = sorted(group, key=lambda cell: (cell.t_start(pipe), cell.index))
         while pending:
             batch = pending[:batch_size]
@@ -261,6 +241,36 @@ def run_batched(
                 progress(len(batch))
     pipe.maybe_free_model_hooks()
     return outputs
+
+
+def _valid_cells(pipe, pieces: StepBatching | None, calls: list[dict], outputs: list) -> list:
+    """A `_Cell` for every call the batched path takes; the others' `outputs` get their error."""
+    cells = []
+    generators = set()
+    for index, call in enumerate(calls):
+        try:
+            cell = _Cell(index, _full_call(pipe, pieces, call))
+            if id(call["generator"]) in generators:
+                raise ValueError(f"`generator` of call {index} is shared with an earlier call; give each call its own")
+        except ValueError as error:
+            outputs[index] = BatchedOutput(error=error)
+            continue
+        generators.add(id(call["generator"]))
+        cells.append(cell)
+    return cells
+
+
+def _grid_groups(pipe, cells: list) -> list[list]:
+    """Cells sharing a timestep grid (steps and image size), each init image preprocessed once."""
+    images: dict[int, torch.Tensor] = {}
+    groups: dict[tuple, list[_Cell]] = {}
+    for cell in cells:
+        key = id(cell.call["image"])
+        if key not in images:
+            images[key] = pipe.image_processor.preprocess(cell.call["image"])
+        cell.image = images[key]
+        groups.setdefault((cell.call["num_inference_steps"], *cell.image.shape[-2:]), []).append(cell)
+    return list(groups.values())
 
 
 def clear_prompt_cache() -> None:

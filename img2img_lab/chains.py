@@ -39,16 +39,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ValidationError
+from .families import family_of
+from .frozen import content_key
+from .images import image_hash, load_image
+from .loaders import load_pipeline, quiet_call, related_pipeline, resolve_model
+from .loop import Outcome, Progress, Todo, error_text, run_cells
+from .result import SweepResult
+from .runner import quiet_progress, warn_long_texts
+from .store import SweepStore
+from .torchutil import generator, is_nan_image
+from .validation import check_sizes, check_value, known_keys
+from .vocab import ERROR, NAN, OK
 
-# Pipelines whose `image` may be a latent tensor (4 channels: used as the initial latents as is).
-LATENT_INPUT_CLASSES = {
-    "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionXLImg2ImgPipeline",
-    "StableDiffusionControlNetImg2ImgPipeline",
-    "StableDiffusionXLControlNetImg2ImgPipeline",
-    "StableDiffusionLatentUpscalePipeline",
-}
-UPSCALER_CLASSES = {"StableDiffusionLatentUpscalePipeline", "StableDiffusionUpscalePipeline"}
+# Which pipelines take latents as `image` (used as the initial latents as is) and which have no
+# text-to-image task: their model family says (`Family.takes_latents`, `Family.text2img`).
 TASKS = ("img2img", "text2img")
 # Stage kwargs the chain itself sets or reads.
 RESERVED = {"generator", "task", "seed", "output_type"}
@@ -131,7 +135,7 @@ class ChainResult:
     image: Any
     images: tuple
     params: tuple
-    status: str = "ok"
+    status: str = OK
 
     def row(self) -> dict:
         """The stage parameters flattened as `stage<N>.<name>` columns (e.g. `stage2.strength`)."""
@@ -215,8 +219,6 @@ def _describe(value):
     if isinstance(value, dict):
         return {str(k): _describe(v) for k, v in value.items()}
     if hasattr(value, "size") and hasattr(value, "mode"):  # PIL
-        from .images import image_hash
-
         return f"<image {image_hash(value)}>"
     return f"<{type(value).__name__}>"
 
@@ -310,8 +312,6 @@ _TEXT2IMG: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _pipeline(stage: Stage, index: int):
     """The pipeline of a stage: loaded (cached by load_pipeline), text-to-image via from_pipe."""
-    from .loaders import load_pipeline, related_pipeline
-
     if isinstance(stage.model, str) or hasattr(stage.model, "__fspath__"):
         pipe = load_pipeline(stage.model, **stage.options)
     else:
@@ -319,8 +319,9 @@ def _pipeline(stage: Stage, index: int):
             raise ValidationError(f"`stages[{index}]` options can't apply to an already loaded pipeline")
         pipe = stage.model
     if stage.task == "text2img" and "Text2Img" not in type(pipe).__name__ and not _is_text2img(pipe):
-        if type(pipe).__name__ in UPSCALER_CLASSES:
-            raise ValidationError(f"`stages[{index}]` {stage.label()!r} is an upscaler; it has no text-to-image task")
+        family = family_of(pipe)
+        if not family.text2img:
+            raise ValidationError(f"`stages[{index}]` {stage.label()!r} is an {family.title}; it has no text-to-image task")
         t2i = _TEXT2IMG.get(pipe)
         if t2i is None:
             t2i = related_pipeline(pipe, "text2img")
@@ -353,7 +354,7 @@ def _plan(chain: Chain, pipes: list) -> list[str]:
             continue
         source, target = pipes[i], pipes[i + 1]
         reason = None
-        if type(target).__name__ not in LATENT_INPUT_CLASSES:
+        if not family_of(target).takes_latents(type(target).__name__):
             reason = f"{type(target).__name__} takes pixels, not latents"
         elif not same_vae(source, target):
             names = f"{type(vae_of(source)).__name__} vs {type(vae_of(target)).__name__}"
@@ -373,8 +374,6 @@ def _plan(chain: Chain, pipes: list) -> list[str]:
 
 def _validate(chain: Chain) -> None:
     """Everything checkable before any model loads."""
-    from .loaders import resolve_model
-
     for i, stage in enumerate(chain.stages):
         where = f"`stages[{i}]`"
         if isinstance(stage.model, str):
@@ -396,6 +395,9 @@ def _validate(chain: Chain) -> None:
             raise ValidationError(f"{where} kwargs can't hold `image`: stage {i + 1} takes stage {i}'s output")
         if "image" in stage.kwargs and chain.image is not None:
             raise ValidationError(f"{where}: give the init image once, as `image` of the chain or of stage 1")
+        for key, value in stage.kwargs.items():
+            if key in known_keys() and key not in RESERVED and key != "image":
+                check_value(key, [value])  # one value (a list is one list-valued setting): finite, in bounds
     first = chain.stages[0]
     if first.task != "text2img" and chain.image is None and "image" not in first.kwargs:
         raise ValidationError(
@@ -406,24 +408,16 @@ def _validate(chain: Chain) -> None:
         raise ValidationError("the first stage is text2img; it takes no `image`")
 
 
-def _generator(seed: int):
-    import torch
-
-    return torch.Generator(device="cpu").manual_seed(int(seed))
-
-
 def _run(chain: Chain, progress: bool = True) -> ChainResult:
     import numpy as np
     from tqdm.auto import tqdm
-
-    from .images import load_image
-    from .loaders import quiet_call
-    from .runner import is_nan_image, quiet_progress, warn_long_texts
 
     # 1. validate what needs no model
     _validate(chain)
     # 2. load every pipeline (or fail) before running any
     pipes = [_pipeline(stage, i) for i, stage in enumerate(chain.stages)]
+    for stage, pipe in zip(chain.stages, pipes):
+        check_sizes(pipe, stage.label(), stage.kwargs)  # height/width: multiples of the VAE factor
     # 3. plan the hand-overs (latent where possible); impossible chains fail here
     plan = _plan(chain, pipes)
     # 4. run the stages
@@ -442,7 +436,7 @@ def _run(chain: Chain, progress: bool = True) -> ChainResult:
         warn_long_texts(pipe, [(name, call.get(name)) for name in ("prompt", "negative_prompt")],
                         hint="`lab.encode_weighted` encodes long prompts in chunks")  # said here, once
         with quiet_call(), quiet_progress(pipe):
-            out = pipe(**call, output_type=output_type, generator=_generator(seed))
+            out = pipe(**call, output_type=output_type, generator=generator(seed))
         bar.update(1)
         current = out.images if output_type == "latent" else out.images[0]
         images.append(None if output_type == "latent" else current)
@@ -459,7 +453,7 @@ def _run(chain: Chain, progress: bool = True) -> ChainResult:
         })
     bar.close()
     # 5. collect
-    status = "nan" if is_nan_image(np.asarray(current, dtype=np.float32) / 255.0) else "ok"
+    status = NAN if is_nan_image(np.asarray(current, dtype=np.float32) / 255.0) else OK
     return ChainResult(image=current, images=tuple(images), params=tuple(params), status=status)
 
 
@@ -511,7 +505,7 @@ def _expand(axes: dict, n_stages: int) -> list[dict]:
     return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
 
-def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True):
+def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True, exact: bool = False):
     """Run a chain over a grid of stage parameters; one row and one image per cell.
 
     Written with the same sweep store as `run_sweep` (images/<key>.png, results.parquet,
@@ -523,6 +517,8 @@ def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True):
             e.g. `{"stage2.strength": [0.3, 0.5, 0.7], "seed": [0, 1]}`.
         out_dir: the sweep folder.
         progress: show a `tqdm.auto` bar.
+        exact: the reproducibility mode, as `run_sweep`'s: deterministic algorithms, recorded in
+            each row (chain stages always run one call each).
 
     Returns:
         A `SweepResult`; columns: `key`, `model` ("a -> b"), `prompt` / `negative_prompt` (of the
@@ -534,15 +530,6 @@ def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True):
         >>> result = sweep_chain(chain, {"stage2.strength": [0.3, 0.6]}, "runs/chain")
         >>> lab.plot_grid(result, x="stage2.strength", y="seed")
     """
-    from datetime import datetime, timezone
-
-    from tqdm.auto import tqdm
-
-    from .images import image_hash, load_image
-    from .result import SweepResult
-    from .runner import library_versions
-    from .store import SweepStore
-
     # 1. validate and expand the grid
     if not isinstance(chain, Chain):
         chain = Chain(stages=chain)
@@ -550,9 +537,24 @@ def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True):
     for cell in cells:
         _validate(cell)
     store = SweepStore(out_dir)
-    # 2. content keys (definition + init image content)
-    prepared = []
-    inputs: dict = {}
+    # 2. content keys (definition + init image content) and the rows known before running
+    todo = _chain_cells(cells, store)
+    # 3. the one sweep loop: skip finished cells, run the rest, store each, fold the table
+    record = {"chain": chain.to_dict(),
+              "axes": {k: [_describe(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals])]
+                       for k, vals in axes.items()}}
+    df, meta = run_cells(store, todo, ChainExecutor(), exact=exact, progress=progress, desc="chain sweep",
+                         run_info=record, generator="torch.Generator('cpu').manual_seed(seed) per stage")
+    return SweepResult(df=df, out_dir=store.root, spec=None, meta=meta)
+
+
+CHAIN_KEY_VERSION = 1  # part of every chain cell's content key payload
+
+
+def _chain_cells(cells: list[Chain], store: SweepStore) -> list[Todo]:
+    """Each chain cell's content key (its JSON definition and the init image's content hash) and
+    the row fields known before it runs; each distinct init image is loaded and stored once."""
+    todo, inputs = [], {}
     for cell in cells:
         source = cell.image if cell.image is not None else cell.stages[0].kwargs.get("image")
         digest, rel = "", ""
@@ -563,61 +565,38 @@ def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True):
                 inputs[label] = (image_hash(picture), store.write_input(image_hash(picture), picture))
             digest, rel = inputs[label]
         definition = cell.to_dict()
-        key = hashlib.sha256(json.dumps({"chain": definition, "image_hash": digest}, sort_keys=True,
-                                        default=str).encode()).hexdigest()[:16]
-        prepared.append((cell, key, digest, rel, definition))
-    # 3. skip cells already finished in this folder
-    table = store.read_table()
-    done = set(table.loc[table["status"].isin(("ok", "nan")), "key"]) if not table.empty else set()
-    todo = [p for p in prepared if p[1] not in done]
-    # 4. run the rest
-    bar = tqdm(total=len(todo), desc="chain sweep", unit="img", disable=not progress or not todo)
-    computed = 0
-    started = datetime.now(timezone.utc).isoformat()
-    try:
-        for cell, key, digest, rel, definition in todo:
-            source = cell.image if cell.image is not None else cell.stages[0].kwargs.get("image")
-            prompts = [s.kwargs for s in cell.stages if "prompt" in s.kwargs]
-            row = {
-                "key": key,
-                "model": " -> ".join(s.label() for s in cell.stages),
-                "prompt": prompts[-1]["prompt"] if prompts else "",
-                "negative_prompt": (prompts[-1].get("negative_prompt") or "") if prompts else "",
-                "seed": cell.seed,
-                "image": _describe(source) if source is not None else "",
-                "image_hash": digest,
-                "init_image_path": rel,
-                "chain": json.dumps(definition, default=str),
-            }
+        plain_definition = json.loads(json.dumps(definition, default=str))
+        key = content_key({"v": CHAIN_KEY_VERSION, "chain": plain_definition, "image": digest})
+        prompts = [s.kwargs for s in cell.stages if "prompt" in s.kwargs]
+        row = {
+            "key": key,
+            "model": " -> ".join(s.label() for s in cell.stages),
+            "prompt": prompts[-1]["prompt"] if prompts else "",
+            "negative_prompt": (prompts[-1].get("negative_prompt") or "") if prompts else "",
+            "seed": cell.seed,
+            "image": _describe(source) if source is not None else "",
+            "image_hash": digest,
+            "init_image_path": rel,
+            "chain": json.dumps(definition, default=str),
+        }
+        todo.append(Todo(key, row, cell))
+    return todo
+
+
+class ChainExecutor:
+    """Runs chain cells for the sweep loop: each cell's stages one after another (`Chain.run`)."""
+
+    def run(self, todo: list[Todo], progress: Progress):
+        for item in todo:
+            progress.start("chain", 1)
             start = time.perf_counter()
             try:
-                result = cell.run(progress=False)  # the sweep's bar counts the cells
-                row.update(result.row())
-                row.update(status=result.status, error="", pipeline_class=result.params[-1]["pipeline_class"])
-                row["width"], row["height"] = result.image.size
+                result = item.work.run(progress=False)  # the sweep's bar counts the cells
             except Exception as exc:  # recorded, and the sweep goes on
-                result = None
-                row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:2000], image_path="")
-            row["seconds"] = round(time.perf_counter() - start, 4)
-            row["created"] = datetime.now(timezone.utc).isoformat()
+                yield Outcome(item, None, ERROR, error_text(exc), time.perf_counter() - start)
+                continue
+            row = {**result.row(), "pipeline_class": result.params[-1]["pipeline_class"]}
             for name, value in list(row.items()):  # parquet needs one type per column
                 if isinstance(value, (list, dict)):
                     row[name] = json.dumps(value, default=str)
-            if result is not None:
-                row["image_path"] = store.write_image(key, result.image, row)
-            store.write_row(row)
-            computed += 1
-            bar.update(1)
-    finally:
-        bar.close()
-        # 5. collect
-        meta = store.update_meta(
-            versions=library_versions(),
-            runs=[{"started": started, "finished": datetime.now(timezone.utc).isoformat(), "cells": len(prepared),
-                   "computed": computed, "skipped": len(prepared) - len(todo), "chain": chain.to_dict(),
-                   "axes": {k: [_describe(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals])]
-                            for k, vals in axes.items()}}],
-            generator="torch.Generator('cpu').manual_seed(seed) per stage",
-        )
-        df = store.consolidate(order=[p[1] for p in prepared])
-    return SweepResult(df=df, out_dir=store.root, spec=None, meta=meta)
+            yield Outcome(item, result.image, result.status, "", time.perf_counter() - start, 1, row)

@@ -22,7 +22,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .errors import ValidationError
-from .result import BOOKKEEPING_COLUMNS, METRIC_COLUMNS
+from .result import BOOKKEEPING_COLUMNS
+from .vocab import is_metric_column  # re-exported: plots and widgets read it from here
 
 BACKGROUND = (255, 255, 255)
 PLACEHOLDER_FILL = (200, 200, 200)
@@ -233,13 +234,6 @@ def label_maps(df: pd.DataFrame, labels, columns: list[str]) -> dict[str, dict]:
                 f"columns, or pass {{column: {{value: label}}}}"
             )
     return out
-
-
-def is_metric_column(column: str) -> bool:
-    """Whether a column holds a metric (the known names, ``lpips_clip``, or any ``metric_*``)."""
-    from .metrics import METRIC_NAMES
-
-    return column in METRIC_COLUMNS or column in METRIC_NAMES or column.startswith("metric_")
 
 
 def parameter_columns(df: pd.DataFrame) -> list[str]:

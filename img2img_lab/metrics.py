@@ -33,10 +33,8 @@ import pandas as pd
 from PIL import Image
 
 from .errors import ValidationError
-
-PIXEL_METRICS = ("ssim", "psnr", "mean_abs_change")
-MODEL_METRICS = ("clip_score", "lpips", "lpips_clip")
-METRIC_NAMES = PIXEL_METRICS + MODEL_METRICS
+from .torchutil import resolve_device
+from .vocab import METRIC_NAMES, MODEL_METRICS, PIXEL_METRICS, looks_like_path
 DEFAULT_METRICS = PIXEL_METRICS
 CLIP_MODEL_ENV = "IMG2IMG_LAB_CLIP_MODEL"
 LPIPS_NETS = ("alex", "vgg", "squeeze")  # the nets of the `lpips` package
@@ -115,18 +113,7 @@ def lpips_distance(features_a, features_b, weights=None, *, channel_axis: int = 
 def _device(device):
     import torch
 
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else with slashes is meant as a folder.
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
+    return torch.device(resolve_device(device))
 
 
 @lru_cache(maxsize=4)
@@ -134,7 +121,7 @@ def _load_clip(name: str, argument: str, device: str):
     """CLIP model and processor from a local folder or a hub id, or a ValidationError naming ``argument``."""
     from transformers import CLIPModel, CLIPProcessor
 
-    if _looks_like_path(name) and not Path(name).expanduser().exists():
+    if looks_like_path(name) and not Path(name).expanduser().exists():
         raise ValidationError(f"`{argument}`={name!r}: no such folder")
     source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:

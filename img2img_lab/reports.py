@@ -24,7 +24,6 @@ which of the two this installation has, and `notebook_path` looks notebooks up t
 
 from __future__ import annotations
 
-import argparse
 import ast
 import difflib
 import logging
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import LabError, ValidationError
+from .errors import ReportError, ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout (holds sweeps/, notebooks/), when it is one
 CHECKOUT_NOTEBOOKS = REPO_ROOT / "notebooks"  # the notebooks' one source, in a checkout or an editable install
@@ -41,27 +40,6 @@ PACKAGE_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"  # the same fi
 DEFAULT_NOTEBOOK = "05_sweep_report"
 # The header papermill writes on its injected cell (papermill.translators.PythonTranslator).
 _INJECTED_HEADER = "# Parameters"
-
-
-class ReportError(LabError):
-    """A report notebook failed while executing: which cell, which error, where the partial notebook is.
-
-    Attributes:
-        cell_index: index of the failing cell in the notebook as it ran (0-based, papermill's
-            injected-parameters cell included). The kept notebook also has papermill's two error
-            marker cells (one at the top, one just before the failing cell).
-        exec_count: its execution count, the `In [n]` shown in Jupyter.
-        ename, evalue: the exception's class name and message inside the kernel.
-        notebook: the executed (partial) notebook kept on disk.
-    """
-
-    def __init__(self, cell_index, exec_count, ename, evalue, notebook):
-        self.cell_index, self.exec_count = cell_index, exec_count
-        self.ename, self.evalue, self.notebook = ename, evalue, Path(notebook)
-        super().__init__(
-            f"report notebook failed in cell {cell_index} (In [{exec_count}]): {ename}: {evalue}; "
-            f"the partial notebook is kept at {self.notebook}"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,10 +286,10 @@ def _history(namespace) -> tuple[list[str] | None, list[str]]:
 
 
 def _check_value(name, value) -> None:
-    from .spec import _check_value, known_keys, option_names
+    from .spec import check_value, known_keys, option_names
 
     if name in known_keys():
-        _check_value(name, value)
+        check_value(name, value)
     if name in option_names() and value is not None:
         from .loaders import validate_options
 
@@ -632,35 +610,3 @@ def export_report_html(notebook, html_path, *, offline: bool = True, js_dir=None
     from .htmlexport import export_html
 
     return export_html(notebook, html_path, offline=offline, js_dir=js_dir)
-
-
-# --------------------------------------------------------------------------------------------
-# the command line
-
-
-def add_report_command(subparsers) -> None:
-    """Add `img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--cdn-html]`."""
-    parser = subparsers.add_parser("report", help="run a sweep report notebook headless (ipynb + HTML)")
-    from .cli import add_spec_arguments
-
-    add_spec_arguments(parser, "report and sweep folder")
-    parser.add_argument("--notebook", default=DEFAULT_NOTEBOOK, help="report notebook (name or .ipynb path)")
-    parser.add_argument("--cdn-html", action="store_true",
-                        help="link the HTML's scripts to CDNs instead of copying the widget JavaScript beside it")
-    parser.add_argument("--offline-html", action="store_true", help=argparse.SUPPRESS)  # the default now
-    parser.add_argument("--no-html", action="store_true", help="write only the executed notebook")
-    parser.set_defaults(func=cmd_report)
-
-
-def cmd_report(args) -> int:
-    from .cli import out_dir, spec_overrides
-
-    overrides = spec_overrides(args)
-    out = out_dir(args)
-    executed = report(args.spec, out, notebook=args.notebook, html=not args.no_html,
-                      offline_html=not args.cdn_html, **overrides)
-    print(f"notebook: {executed}")
-    if not args.no_html:
-        print(f"html:     {executed.with_suffix('.html')}")
-    print(f"results:  {out / 'results.parquet'}")
-    return 0

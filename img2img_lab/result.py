@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from .errors import ValidationError
+from .vocab import METRIC_NAMES, METRIC_PREFIX, is_metric_column
 
 # Columns that describe bookkeeping rather than a parameter the user chose.
 BOOKKEEPING_COLUMNS = frozenset(
@@ -23,7 +24,6 @@ BOOKKEEPING_COLUMNS = frozenset(
         "exact", "threads",
     }
 )
-METRIC_COLUMNS = ("ssim", "psnr", "mean_abs_change", "clip_score", "lpips", "lpips_clip")
 FAILED_STATUSES = ("error", "nan")
 NONE_TEXT = "(none)"  # how a missing text value (None/NaN, e.g. no negative prompt) reads
 _THUMB = 64  # px: longest side of a row's thumbnail in the notebook table
@@ -101,7 +101,7 @@ class SweepResult:
     @property
     def parameters(self) -> list[str]:
         """Columns holding parameters (everything that is not bookkeeping or a metric)."""
-        return [c for c in self.df.columns if c not in BOOKKEEPING_COLUMNS and c not in METRIC_COLUMNS]
+        return [c for c in self.df.columns if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
 
     @property
     def swept(self) -> list[str]:
@@ -116,8 +116,8 @@ class SweepResult:
     @property
     def metrics(self) -> list[str]:
         """Metric columns present in the table."""
-        return [c for c in METRIC_COLUMNS if c in self.df.columns] + [
-            c for c in self.df.columns if c.startswith("metric_")
+        return [c for c in METRIC_NAMES if c in self.df.columns] + [
+            c for c in self.df.columns if isinstance(c, str) and c.startswith(METRIC_PREFIX)
         ]
 
     # ------------------------------------------------------------------------------------------

@@ -1,57 +1,35 @@
 """Running a sweep: every cell of a `SweepSpec` becomes one image and one row of a DataFrame.
 
-`run_sweep` reads as numbered steps: validate, expand the grid, skip cells already on disk, run
-the rest (batched through the denoiser where that is exact, one pipeline call per cell otherwise),
-and collect the table. Each cell's image is what a direct call of the same pipeline with the same
-arguments and `torch.Generator("cpu").manual_seed(seed)` returns.
+`run_sweep` reads as numbered steps: validate, expand the grid into cells with content keys, and
+hand them to the one sweep loop (`loop.run_cells`: skip cells already on disk, run the rest, store
+each, fold the table) with this module's executor, `SpecExecutor`: grouped by model and scheduler,
+batched through the denoiser where cells share a timestep grid, one pipeline call per cell
+otherwise. Each cell's image is what a direct call of the same pipeline with the same arguments
+and `torch.Generator("cpu").manual_seed(seed)` returns: bit for bit for one-call cells at the
+same thread count, within `BATCHED_TOLERANCE` for batched ones.
 """
 
 from __future__ import annotations
 
-import platform
-import socket
 import time
 import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import ValidationError
+from .families import family_of
+from .loop import Outcome, Progress, Todo, error_text, resolve_exact, run_cells
 from .result import SweepResult
 from .store import SweepStore
-
-# Statuses of a row.
-OK, ERROR, NAN = "ok", "error", "nan"
-DONE_STATUSES = (OK, NAN)  # these are not recomputed on a re-run; errors are retried
-
-
-def library_versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("img2img_lab", "torch", "diffusers", "transformers", "accelerate", "compel", "numpy", "pandas"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def effective_steps(call: dict) -> int:
-    """Denoising steps diffusers actually runs: `min(int(num_inference_steps * strength), steps)`."""
-    steps = int(call.get("num_inference_steps", 50))
-    strength = call.get("strength")
-    return steps if strength is None else min(int(steps * float(strength)), steps)
-
-
-def is_nan_image(array: np.ndarray) -> bool:
-    """NaN anywhere, or an all-black picture (what an fp16 VAE overflow decodes to)."""
-    return bool(np.isnan(array).any() or float(np.nanmax(array)) <= 1.0 / 255.0)
+from .spec import SweepSpec, tiny_size_note
+from .torchutil import free_memory, generator, is_nan_image, is_out_of_memory, resolve_device
+from .validation import check_sizes
+from .vocab import ERROR, NAN, OK, effective_steps, is_tiny
 
 
 @dataclass
@@ -66,8 +44,6 @@ class _Prepared:
 
 
 def _as_spec(spec):
-    from .spec import SweepSpec
-
     if isinstance(spec, SweepSpec):
         return spec
     if isinstance(spec, (str, Path)):
@@ -118,13 +94,6 @@ def _scheduler(pipe, name):
         pipe.scheduler = original
 
 
-def _generator(seed: int):
-    import torch
-
-    # A CPU generator gives the same draws on every device (diffusers moves the noise to the GPU).
-    return torch.Generator(device="cpu").manual_seed(int(seed))
-
-
 def run_cell(pipe, call: dict, seed: int):
     """One direct pipeline call, exactly as a user would write it; returns (PIL image, status).
 
@@ -134,7 +103,7 @@ def run_cell(pipe, call: dict, seed: int):
     from .loaders import quiet_call
 
     with quiet_call():
-        out = pipe(**call, generator=_generator(seed), output_type="np")
+        out = pipe(**call, generator=generator(seed), output_type="np")
     array = out.images[0]
     status = NAN if is_nan_image(array) else OK
     image = pipe.numpy_to_pil(np.nan_to_num(array, nan=0.0)[None])[0]
@@ -155,42 +124,6 @@ def step_callback(pipe, on_step) -> dict:
     if "callback" in accepted and "callback_steps" in accepted:
         return {"callback": lambda step, timestep, latents: on_step(step + 1, None), "callback_steps": 1}
     return {}
-
-
-class _Progress:
-    """The sweep's one bar, counted in images and moved at every denoising step.
-
-    A cell's image is split into one part per denoising step plus one for decoding and writing,
-    so the bar moves steadily inside a batch and its rate (images/s) and time left hold still;
-    a finished cell counts exactly 1, so the final count is the number of cells.
-    """
-
-    def __init__(self, bar):
-        self.bar, self.done, self.partial = bar, 0, {}
-
-    def start(self, label: str, size: int) -> None:
-        self.bar.set_postfix_str(f"{label} · batch {size}" if size > 1 else f"{label} · 1 call")
-
-    def step(self, ref, step: int, total: int) -> None:
-        self.partial[ref] = min(step, total) / (total + 1)  # back to 0 when a batch is retried
-        self._show()
-
-    def finished(self, ref) -> None:
-        self.partial.pop(ref, None)
-        self.done += 1
-        self._show()
-
-    def _show(self) -> None:
-        if self.bar.disable:
-            return
-        value = self.done + sum(self.partial.values())
-        self.bar.update(value - self.bar.n)
-        if not self.partial:
-            self.bar.n = self.done  # whole images: no float drift in the count
-
-
-# n shown to one decimal (it grows by fractions of an image); rate in img/s
-BAR_FORMAT = "{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 def _pipe_row(pipe, model_label: str) -> dict:
@@ -229,7 +162,7 @@ def _load_init_image(source, model, notes: list):
         return load_image(source), source
     except ValidationError:
         offline_url = isinstance(source, str) and source.startswith(("http://", "https://"))
-        if not (offline_url and str(model).startswith("tiny/")):
+        if not (offline_url and is_tiny(str(model))):
             raise
     notes.append(f"`image` {source!r} could not be fetched (offline?): the random-weight {model} runs on "
                  f"the offline sample 'astronaut' (rows: image='astronaut', the URL in image_requested)")
@@ -257,7 +190,7 @@ def _run_dtype(spec, pipe) -> str:
         from .loaders import denoiser_name
 
         return str(getattr(pipe, denoiser_name(pipe)).dtype).replace("torch.", "")
-    from .loaders import resolve_device, resolve_dtype
+    from .loaders import resolve_dtype
 
     dtype = resolve_dtype(spec.options.get("dtype"), resolve_device(spec.options.get("device")))
     return str(dtype).replace("torch.", "")
@@ -270,7 +203,6 @@ def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> 
     goes into `notes`, one line each, for `run_sweep` to say once.
     """
     from .images import image_hash
-    from .spec import tiny_size_note
 
     notes = [] if notes is None else notes
     size_note = tiny_size_note(spec)
@@ -334,14 +266,11 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
         >>> result = lab.run_sweep(spec, "runs/cat")
         >>> result.df[["strength", "guidance_scale", "status", "image_path"]]
     """
-    from tqdm.auto import tqdm
-
     # 1. validate (the spec validated itself when it was built) and open the folder
     spec = _as_spec(spec)
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValidationError(f"`max_batch_size` must be an int >= 1, got {max_batch_size!r}")
-    exact = resolve_exact(spec, exact)
-    batched = bool(batched) and not exact
+    exact = resolve_exact(exact, getattr(spec, "exact", False))
     if pipe is None:
         from .loaders import validate_options
 
@@ -349,7 +278,6 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
     else:
         _check_pipe_matches(pipe, spec)
     store = SweepStore(out_dir)
-    started = datetime.now(timezone.utc).isoformat()
 
     # 2. expand the grid into cells with content keys; say once what the user should know about it
     notes: list = []
@@ -357,157 +285,64 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
     for note in notes:
         print(note)  # one plain line each (not a warning: nothing is wrong with the user's call)
 
-    # 3. skip cells already finished in this folder; under `accelerate launch` each process takes
-    #    its share of the rest (every process reads the table before any of them writes)
-    state = _distributed_state()
-    table = store.read_table()
-    done = done_keys(table, exact=exact)
-    todo = [p for p in prepared if p.key not in done]
-    if state.num_processes > 1:
-        state.wait_for_everyone()
-        with state.split_between_processes(todo) as share:
-            mine = list(share)
-    else:
-        mine = todo
-    options = dict(spec.options)
-    if state.num_processes > 1 and "device" not in options:
-        options["device"] = str(state.device)  # one device per process
-
-    # 4. run the rest, grouped by model and scheduler so each pipeline loads once
-    if state.is_main_process:
-        store.write_spec(_spec_on_disk(spec, prepared, store))
-    groups = defaultdict(list)
-    for p in mine:
-        groups[(str(p.cell.model), p.cell.scheduler)].append(p)
-    bar = tqdm(total=len(mine), desc="sweep" if state.num_processes == 1 else f"sweep [{state.process_index}]",
-               unit="img", disable=not progress or not mine, position=state.process_index, bar_format=BAR_FORMAT)
-    shown = _Progress(bar)
-    said: set = set()  # long-prompt notices already given: once per sweep, not per model
-    computed = 0
-    finished = False
-    try:
-        for (model, scheduler), cells in groups.items():
-            from .loaders import load_pipeline
-
-            group_pipe = pipe if pipe is not None else load_pipeline(model, **options)
-            base = _pipe_row(group_pipe, model)  # a passed pipe was checked to be this model
-            no_strength = "strength" not in _explicit_parameters(group_pipe)
-            with quiet_progress(group_pipe), _scheduler(group_pipe, scheduler), deterministic(exact):
-
-                label = model if scheduler is None else f"{model} · {scheduler}"
-                for p, image, status, error, seconds, batch_size in _execute(
-                    group_pipe, cells, batched=batched, max_batch_size=max_batch_size,
-                    progress=shown, label=label, said=said,
-                ):
-                    row = {**p.row, **base, "scheduler_class": type(group_pipe.scheduler).__name__}
-                    if no_strength:  # upscalers: no strength, every step runs
-                        row.update(strength=None, effective_steps=int(row["num_inference_steps"]))
-                    row.update(status=status, error=error, seconds=round(seconds, 4), batch_size=batch_size,
-                               exact=exact, created=datetime.now(timezone.utc).isoformat())
-                    if image is not None:
-                        row["width"], row["height"] = image.size
-                        row["image_path"] = store.write_image(p.key, image, row)
-                    else:
-                        row["image_path"] = ""
-                    store.write_row(row)
-                    computed += 1
-                    shown.finished(id(p))
-        finished = True
-    finally:
-        bar.close()
-        if finished and state.num_processes > 1:
-            state.wait_for_everyone()  # every share is on disk before the table is folded
-        # 5. collect: fold finished rows into the table, even after an interruption
-        order = [p.key for p in prepared]
-        meta = store.update_meta(
-            versions=library_versions(),
-            runs=[{"started": started, "finished": datetime.now(timezone.utc).isoformat(),
-                   "host": socket.gethostname(), "cells": len(prepared), "keys": order, "computed": computed,
-                   "skipped": len(prepared) - len(todo), "process": state.process_index,
-                   "num_processes": state.num_processes}],
-            generator="torch.Generator('cpu').manual_seed(seed)",
-        )
-        df = store.consolidate(order=order, metadata={"img2img_lab": {"spec": spec.to_dict(), "versions": meta["versions"]}})
+    # 3. the one sweep loop: skip finished cells, run the rest grouped by model and scheduler (each
+    #    pipeline loads once), store each cell as it finishes, fold the table
+    executor = SpecExecutor(spec, pipe, batched=bool(batched) and not exact, max_batch_size=max_batch_size)
+    df, meta = run_cells(
+        store, [Todo(p.key, p.row, p) for p in prepared], executor, exact=exact, progress=progress,
+        generator="torch.Generator('cpu').manual_seed(seed)",
+        table_metadata={"img2img_lab": {"spec": spec.to_dict()}},
+        before_run=lambda: store.write_spec(_spec_on_disk(spec, prepared, store)),
+    )
     return SweepResult(df=df, out_dir=store.root, spec=spec, meta=meta)
+
+
+class SpecExecutor:
+    """Runs a spec's cells for the sweep loop: grouped by (model, scheduler) so each pipeline loads
+    once, batched through the denoiser where the cells share a timestep grid, else one call each."""
+
+    def __init__(self, spec, pipe=None, *, batched: bool = True, max_batch_size: int = 8):
+        self.spec, self.pipe, self.batched, self.max_batch_size = spec, pipe, batched, max_batch_size
+        self.options = dict(spec.options)
+        self.said: set = set()  # long-prompt notices already given: once per sweep, not per model
+
+    def groups(self, todo: list[Todo]) -> dict:
+        """The cells to run per (model, scheduler), in the order they first appear."""
+        groups = defaultdict(list)
+        for item in todo:
+            groups[(str(item.work.cell.model), item.work.cell.scheduler)].append(item)
+        return groups
+
+    def run(self, todo: list[Todo], progress: Progress):
+        from .loaders import load_pipeline
+        from .loop import distributed_state
+
+        state = distributed_state()
+        if state.num_processes > 1 and "device" not in self.options:
+            self.options["device"] = str(state.device)  # one device per process
+        for (model, scheduler), items in self.groups(todo).items():
+            pipe = self.pipe if self.pipe is not None else load_pipeline(model, **self.options)
+            base = _pipe_row(pipe, model)  # a passed pipe was checked to be this model
+            no_strength = "strength" not in _explicit_parameters(pipe)
+            label = model if scheduler is None else f"{model} · {scheduler}"
+            with quiet_progress(pipe), _scheduler(pipe, scheduler):
+                base["scheduler_class"] = type(pipe.scheduler).__name__
+                cells = {id(item.work): item for item in items}
+                for p, image, status, error, seconds, batch_size in _execute(
+                    pipe, [item.work for item in items], batched=self.batched, max_batch_size=self.max_batch_size,
+                    progress=progress, label=label, said=self.said,
+                ):
+                    row = dict(base)
+                    if no_strength:  # upscalers: no strength, every step runs
+                        row.update(strength=None, effective_steps=int(p.row["num_inference_steps"]))
+                    yield Outcome(cells[id(p)], image, status, error, seconds, batch_size, row)
 
 
 # How far a batched cell may differ from the direct call of the same arguments and seed: batched
 # kernels round floats in another order, which moves a pixel by at most one 8-bit level (tested in
-# tests/test_batched.py and tests/test_widgets.py). Exact cells (`batched=False`, `exact=True`) equal it.
+# tests/test_batched.py, tests/test_exact.py and tests/test_widgets.py). Cells run as one call
+# (`batched=False`, `exact=True`) equal it bit for bit at the same thread count.
 BATCHED_TOLERANCE = 1  # 8-bit levels per pixel
-
-
-def resolve_exact(spec, exact) -> bool:
-    """`run_sweep`'s `exact`: the argument when given, else the spec's `exact` (default False)."""
-    if exact is None:
-        exact = getattr(spec, "exact", False)
-    if not isinstance(exact, bool):
-        raise ValidationError(f"`exact` must be True or False, got {exact!r}")
-    return exact
-
-
-def done_keys(table, *, exact: bool) -> set:
-    """Keys finished in a sweep table that a run need not recompute.
-
-    Errors are retried. An exact run also recomputes cells that an earlier run left in the folder
-    without the exact mode (batched, or outside deterministic algorithms).
-    """
-    if table.empty:
-        return set()
-    done = table["status"].isin(DONE_STATUSES)
-    if exact:
-        done &= table["exact"].eq(True) if "exact" in table.columns else False
-    return set(table.loc[done, "key"])
-
-
-@contextmanager
-def deterministic(on: bool = True):
-    """`torch.use_deterministic_algorithms(True)` (and cuDNN's deterministic mode) for a block.
-
-    On CUDA, cuBLAS needs `CUBLAS_WORKSPACE_CONFIG` for deterministic matrix products: it is set
-    (to `:4096:8`) when unset. Ops that have no deterministic implementation warn (`warn_only`)
-    rather than stop the sweep. The previous settings come back afterwards.
-    """
-    if not on:
-        yield
-        return
-    import os
-
-    import torch
-
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
-
-
-class _SingleProcess:
-    num_processes, process_index, is_main_process = 1, 0, True
-
-
-def _distributed_state():
-    """accelerate's PartialState when launched with `accelerate launch` (several processes)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _SingleProcess()
-    import torch
-    from accelerate import PartialState
-
-    # without a GPU, accelerate needs cpu=True to set up its (gloo) process group
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _explicit_parameters(pipe) -> set:
@@ -520,8 +355,9 @@ def _explicit_parameters(pipe) -> set:
 def check_call_keys(pipe, cells: list[_Prepared]) -> None:
     """Every call keyword must be one the loaded pipeline takes: checked before any cell runs.
 
-    `height`/`width` are fine everywhere (pipelines without them get the init image resized), and
-    `strength` is dropped for pipelines without it (the upscalers), which run all their steps.
+    `height`/`width` are fine everywhere (pipelines without them get the init image resized) but
+    must be multiples of the pipeline's VAE factor (`validation.check_sizes`), and `strength` is
+    dropped for pipelines without it (the upscalers), which run all their steps.
     """
     accepted = _explicit_parameters(pipe) | {"height", "width", "strength"}
     for p in cells:
@@ -531,6 +367,7 @@ def check_call_keys(pipe, cells: list[_Prepared]) -> None:
                 f"`{unknown[0]}` is not an argument of {type(pipe).__name__} (model {p.cell.model!r}); "
                 f"remove it from the spec or use a pipeline that takes it"
             )
+        check_sizes(pipe, p.cell.model, p.cell.call)
 
 
 def warn_long_prompts(pipe, cells: list[_Prepared], said: set | None = None) -> None:
@@ -595,13 +432,14 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
             image = shared[key]
     if "strength" not in accepted:
         call.pop("strength", None)
-    if call.get("control_image") is not None:
-        from .control import prepare_control_image
+    for name in family_of(pipe).picture_args:  # the family's picture arguments, e.g. a ControlNet's control_image
+        if call.get(name) is not None:
+            from .control import prepare_control_image
 
-        key = ("control", repr(call["control_image"]), image.size)
-        if key not in shared:  # loaded, and sized like the init image
-            shared[key] = prepare_control_image(call["control_image"], image.size)
-        call["control_image"] = shared[key]
+            key = (name, repr(call[name]), image.size)
+            if key not in shared:  # loaded, and sized like the init image
+                shared[key] = prepare_control_image(call[name], image.size)
+            call[name] = shared[key]
     call["image"] = image
     if prepared.cell.compel:
         from .prompts import weighted_call
@@ -610,14 +448,12 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
     return call
 
 
-def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int, progress: _Progress | None = None,
+def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int, progress: Progress | None = None,
              label: str = "", said: set | None = None):
     """Yield (prepared, image, status, error, seconds, batch_size) per cell as each finishes.
 
     `progress` hears of every denoising step (batched or not) and of each batch's start.
     """
-    import torch
-
     from .loaders import quiet_call
 
     check_call_keys(pipe, cells)
@@ -628,7 +464,7 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
     if batched:
         from . import batched as engine
 
-        batchable = [p for p in cells if engine.can_batch(pipe, {**calls[id(p)], "generator": _generator(0)})]
+        batchable = [p for p in cells if engine.can_batch(pipe, {**calls[id(p)], "generator": generator(0)})]
         direct = [p for p in cells if not any(p is b for b in batchable)]
         # cells sharing a timestep grid next to each other, later starters together
         batchable.sort(key=lambda p: (calls[id(p)]["num_inference_steps"], calls[id(p)]["image"].size,
@@ -642,15 +478,15 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
                 progress.start(label, len(chunk))
 
                 def on_step(index, step, total, chunk=chunk):
-                    progress.step(id(chunk[index]), step, total)
+                    progress.step(chunk[index].key, step, total)
             with quiet_call():
                 outputs = engine.run_batched(
-                    pipe, [{**calls[id(p)], "generator": _generator(p.cell.seed)} for p in chunk],
+                    pipe, [{**calls[id(p)], "generator": generator(p.cell.seed)} for p in chunk],
                     max_batch_size=max_batch_size, static_shapes=compiled, on_step=on_step,
                 )
             for p, out in zip(chunk, outputs):
                 if out.error is not None:
-                    yield p, None, ERROR, f"{type(out.error).__name__}: {out.error}"[:2000], out.seconds, out.batch_size
+                    yield p, None, ERROR, error_text(out.error), out.seconds, out.batch_size
                 else:
                     yield p, out.image, NAN if out.nan else OK, "", out.seconds, out.batch_size
     for p in direct:
@@ -660,16 +496,16 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
             fallback = effective_steps(call)  # for pipelines that don't say their step count
 
             def on_step(step, total, p=p, fallback=fallback):
-                progress.step(id(p), step, total or fallback)
+                progress.step(p.key, step, total or fallback)
             call = {**call, **step_callback(pipe, on_step)}
         start = time.perf_counter()
         try:
             image, status = run_cell(pipe, call, p.cell.seed)
             error = ""
         except Exception as exc:  # recorded, and the sweep goes on
-            if _is_oom(exc) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            image, status, error = None, ERROR, f"{type(exc).__name__}: {exc}"[:2000]
+            if is_out_of_memory(exc):
+                free_memory()
+            image, status, error = None, ERROR, error_text(exc)
         yield p, image, status, error, time.perf_counter() - start, 1
 
 

@@ -26,19 +26,14 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ValidationError
+from .families import call_pipelines
 from .frozen import FrozenDict, freeze
 from .ranges import expand_range, is_number, number_text
 from .vocab import AXES, DEFAULT_OPTIONS, MAX_SEED, SCHEDULER_NAMES, SETTINGS, SIZE_ARGUMENTS, suggest
 
-# The pipelines whose `__call__` keywords a spec may set, and their files inside the diffusers package.
-CALL_PIPELINES = {
-    "StableDiffusionImg2ImgPipeline": "pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py",
-    "StableDiffusionXLImg2ImgPipeline": "pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl_img2img.py",
-    "KandinskyV22Img2ImgCombinedPipeline": "pipelines/kandinsky2_2/pipeline_kandinsky2_2_combined.py",
-    "StableDiffusionControlNetImg2ImgPipeline": "pipelines/controlnet/pipeline_controlnet_img2img.py",
-    "StableDiffusionLatentUpscalePipeline": "pipelines/stable_diffusion/pipeline_stable_diffusion_latent_upscale.py",
-    "StableDiffusionUpscalePipeline": "pipelines/stable_diffusion/pipeline_stable_diffusion_upscale.py",
-}
+# The pipelines whose `__call__` keywords a spec may set, and their files inside the diffusers
+# package: every model family's (`Family.call_pipelines`), in registry order.
+CALL_PIPELINES = call_pipelines()
 # Call keywords a spec can't hold: the runner owns them (generator, output), or they are tensors
 # and callables that YAML can't express, or they would break "one image per row".
 _NOT_IN_SPEC = {"generator", "latents", "return_dict", "output_type", "num_images_per_prompt", "ip_adapter_image"}
@@ -284,6 +279,13 @@ def _texts(key, value, *, allow_none: bool, allow_empty: bool = True) -> list:
     return out
 
 
+def _shown(value) -> str:
+    """A value for a message: huge integers (`1e400` read as an int) in short scientific form."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**21:
+        return f"{float(value):.3e}" if abs(value) < 10**308 else f"an integer of {len(str(abs(value)))} digits"
+    return repr(value)
+
+
 def _unique(key, values) -> tuple:
     seen = []
     for v in values:
@@ -353,7 +355,7 @@ def _step_counts(key, value) -> list:
     values = _numbers(key, value, integer=True)
     for v in values:
         if v < 1:
-            raise ValidationError(f"`num_inference_steps` must be an integer >= 1, got {v!r}")
+            raise ValidationError(f"`num_inference_steps` must be an integer >= 1, got {_shown(v)}")
     return values
 
 
@@ -361,7 +363,7 @@ def _seeds(key, value) -> list:
     values = _numbers(key, value, integer=True)
     for v in values:
         if not 0 <= v <= MAX_SEED:
-            raise ValidationError(f"`seed` must be an integer in [0, 2**64 - 1], got {v!r}")
+            raise ValidationError(f"`seed` must be an integer in [0, 2**64 - 1], got {_shown(v)}")
     return values
 
 
@@ -445,7 +447,7 @@ def _check_number(key, value) -> None:
     if (low is not None and value < low) or (high is not None and value > high):
         what = "an integer" if isinstance(value, int) else "a number"
         bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValidationError(f"`{key}` must be {what} {bounds}, got {value!r}")
+        raise ValidationError(f"`{key}` must be {what} {bounds}, got {_shown(value)}")
 
 
 def _check_pair(key, value) -> None:

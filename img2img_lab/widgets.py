@@ -23,6 +23,8 @@ import pandas as pd
 from .grid import axis_values, norm_value, placeholder_tile, cell_image, format_value, grid_layout, is_metric_column
 from .result import BOOKKEEPING_COLUMNS
 from .runner import BATCHED_TOLERANCE
+from .validation import pipeline_call_arguments
+from .vocab import SCHEDULER_NAMES
 
 PREFERRED_AXES = ("strength", "guidance_scale")
 NO_AXIS = "(none)"  # y option for a one-row grid
@@ -94,25 +96,12 @@ def _png_bytes(image, max_side: int | None = None) -> bytes:
 
 def _accepts_height(pipeline_class) -> bool:
     """Whether the pipeline's `__call__` takes `height`/`width` (read from diffusers' source)."""
-    from . import spec as spec_module
-
     if not isinstance(pipeline_class, str) or not pipeline_class:
         return False
-    args = None
-    rel = spec_module.CALL_PIPELINES.get(pipeline_class)
-    if rel is not None:
-        import importlib.util
-        from pathlib import Path
-
-        found = importlib.util.find_spec("diffusers")
-        if found and found.submodule_search_locations:
-            args = spec_module._call_args_from_source(Path(next(iter(found.submodule_search_locations))), pipeline_class, rel)
-    if args is None:
-        try:
-            args = spec_module._call_args_from_import(pipeline_class)
-        except Exception:  # not a diffusers class (a custom pipeline): assume the img2img layout
-            return False
-    return "height" in args
+    try:
+        return "height" in pipeline_call_arguments(pipeline_class)
+    except Exception:  # not a diffusers class (a custom pipeline): assume the img2img layout
+        return False
 
 
 def code_snippet(result, which) -> str:
@@ -130,8 +119,6 @@ def code_snippet(result, which) -> str:
         >>> print(lab.widgets.code_snippet(result, 0))
         >>> exec(lab.widgets.code_snippet(result, 0)); image    # the same pixels as result.image(0)
     """
-    from .spec import SCHEDULER_NAMES
-
     row = result._row(which)
     spec = getattr(result, "spec", None)
     spec_params = dict(getattr(spec, "params", None) or {}) if spec is not None else {}

@@ -138,7 +138,7 @@ def test_impossible_chains_fail_before_running(stages, kwargs, match, monkeypatc
     def refuse(seed):  # each stage's generator is made just before its call: none may be
         raise AssertionError("a stage ran")
 
-    monkeypatch.setattr("img2img_lab.chains._generator", refuse)
+    monkeypatch.setattr("img2img_lab.chains.generator", refuse)
     with pytest.raises(ValidationError, match=match):
         run_chain(stages, **kwargs)
 

@@ -60,6 +60,32 @@ SPEC_CASES = [
     ("unknown key", {"strenght": 0.5}, "unknown spec key `strenght`"),
     ("unknown scheduler", {"scheduler": "eulerr"}, "`scheduler`"),
     ("range with a bad step", {"strength": {"start": 0.2, "stop": 0.8, "step": 0}}, "step"),
+    ("range text with a zero step", {"strength": "0.1-0.9 (+0)"}, "`strength` range step must not be 0"),
+    ("range in another notation", {"strength": "0.1:0.9:0"}, "`strength` must be a number or a range like"),
+    ("guidance infinite", {"guidance_scale": math.inf}, "`guidance_scale` must be a finite number >= 0, got inf"),
+    ("seed far too large as text", {"seed": "1e30"}, "`seed` must be an integer in [0, 2**64 - 1], got 1.000e+30"),
+    # sizes: whole numbers of pixels, at least 1 (the VAE factor is checked once the model is loaded)
+    ("width negative", {"width": -64}, "`width` must be an integer in [1, 16384], got -64"),
+    ("height zero", {"height": 0}, "`height` must be an integer in [1, 16384], got 0"),
+    ("height fractional", {"height": 63.5}, "`height` must be an integer, got 63.5"),
+    ("height bool", {"height": True}, "`height` must be an integer, got True"),
+    ("height absurd", {"height": 10**6}, "`height` must be an integer in [1, 16384], got 1000000"),
+    ("height as a list value", {"height": [[64, 64]]}, "`height` takes one number, got the list [64, 64]"),
+    ("height in a list", {"height": [64, -8]}, "`height` must be an integer in [1, 16384], got -8"),
+    # every other numeric call keyword: a finite number (not a bool), inside its documented bounds
+    ("call keyword NaN", {"eta": math.nan}, "`eta` must be a finite number, got nan"),
+    ("call keyword bool", {"eta": True}, "`eta` must be a number, got True"),
+    ("call keyword infinite in a list value", {"controlnet_conditioning_scale": [[0.5, math.inf]]},
+     "`controlnet_conditioning_scale` must be a finite number, got inf"),
+    ("denoising_start above 1", {"denoising_start": 1.5}, "`denoising_start` must be a number in [0, 1], got 1.5"),
+    ("control_guidance_end above 1 in a list", {"control_guidance_end": [[0.5, 1.2]]},
+     "`control_guidance_end` must be a number in [0, 1], got 1.2"),
+    ("prior steps zero", {"prior_num_inference_steps": 0}, "`prior_num_inference_steps` must be an integer >= 1, got 0"),
+    ("noise level negative", {"noise_level": -5}, "`noise_level` must be an integer >= 0, got -5"),
+    ("original_size not a pair", {"original_size": [[1024]]}, "`original_size` must be [height, width], two integers >= 1"),
+    ("target_size negative", {"target_size": [[1024, -1]]}, "`target_size` must be [height, width], two integers >= 1"),
+    ("crops_coords_top_left fractional", {"crops_coords_top_left": [[0, 0.5]]},
+     "`crops_coords_top_left` must be [top, left], two integers >= 0"),
 ]
 
 RUN_CASES = [
@@ -130,6 +156,118 @@ def test_bad_cli_set_values_are_validated_like_spec_keys(tmp_path, capsys):
     spec.write_text("model: tiny/sd15\nprompt: a cat\nimage: cat\n")
     assert main(["sweep", str(spec), "--set", "strength=7", "--quiet"]) == 2
     assert "`strength` must be in [0, 1], got 7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("width=-64", "`width` must be an integer in [1, 16384], got -64"),
+    ("strength=.nan", "`strength` must be in [0, 1], got nan"),
+    ("guidance_scale=.inf", "`guidance_scale` must be a finite number >= 0, got inf"),
+    ("eta=.nan", "`eta` must be a finite number, got nan"),
+    ("num_inference_steps=0", "`num_inference_steps` must be an integer >= 1, got 0"),
+    ("seed=-1", "`seed` must be an integer in [0, 2**64 - 1], got -1"),
+])
+def test_bad_cli_set_numbers_name_the_argument_and_value(setting, message, tmp_path, capsys, no_model_loads):
+    from img2img_lab.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("model: tiny/sd15\nprompt: a cat\nimage: cat\n")
+    assert main(["sweep", str(spec), "--set", setting, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.parquet").exists()
+
+
+# -- sizes against the model's own VAE factor: after loading, before any cell runs -----------
+
+
+@pytest.fixture()
+def no_cell_runs(monkeypatch):
+    import img2img_lab.batched as batched
+    import img2img_lab.runner as runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cell ran before the bad size was reported")
+
+    monkeypatch.setattr(runner, "run_cell", refuse)
+    monkeypatch.setattr(batched, "run_batched", refuse)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"height": 63}, "`height` must be a multiple of 8 for StableDiffusionImg2ImgPipeline (model 'tiny/sd15'), "
+                     "got 63 (use 56 or 64)"),
+    ({"width": 70}, "`width` must be a multiple of 8 for StableDiffusionImg2ImgPipeline (model 'tiny/sd15'), "
+                    "got 70 (use 64 or 72)"),
+    ({"width": 4}, "`width` must be a multiple of 8 for StableDiffusionImg2ImgPipeline (model 'tiny/sd15'), "
+                   "got 4 (use 8)"),
+    ({"height": [64, 60]}, "`height` must be a multiple of 8 for StableDiffusionImg2ImgPipeline (model 'tiny/sd15'), "
+                           "got 60 (use 56 or 64)"),
+])
+def test_sizes_off_the_vae_factor_fail_before_any_cell_runs(changes, message, tmp_path, pipe, no_cell_runs):
+    spec = SweepSpec.from_dict({**GOOD, **changes})
+    for given in (pipe, None):  # a passed pipeline, or the one run_sweep loads by name
+        with pytest.raises(ValidationError) as info:
+            lab.run_sweep(spec, tmp_path / "out", pipe=given, progress=False)
+        assert str(info.value) == message
+    assert not list((tmp_path / "out" / "images").glob("*.png"))
+    assert not (tmp_path / "out" / "results.parquet").exists() or lab.load_sweep(tmp_path / "out").df.empty
+
+
+def test_the_vae_factor_is_the_models_own(tmp_path, no_cell_runs):
+    upscaler = lab.load_pipeline("tiny/sd-x4-upscaler")  # its VAE factor is 4, not 8
+    spec = SweepSpec.from_dict({**GOOD, "model": "tiny/sd-x4-upscaler", "height": 62, "strength": 1.0})
+    with pytest.raises(ValidationError, match=r"^`height` must be a multiple of 4 for StableDiffusionUpscalePipeline "
+                                              r"\(model 'tiny/sd-x4-upscaler'\), got 62 \(use 60 or 64\)$"):
+        lab.run_sweep(spec, tmp_path / "out", pipe=upscaler, progress=False)
+
+
+def test_size_multiple_reads_the_pipelines_image_processor():
+    from types import SimpleNamespace
+
+    from img2img_lab.validation import check_sizes, size_multiple
+
+    def processor(factor):
+        return SimpleNamespace(config=SimpleNamespace(vae_scale_factor=factor))
+
+    assert size_multiple(SimpleNamespace(image_processor=processor(8), vae_scale_factor=8)) == 8
+    # a combined pipeline (Kandinsky 2.2) decodes in its decoder pipeline, with the MoVQ's factor
+    combined = SimpleNamespace(decoder_pipe=SimpleNamespace(image_processor=processor(4)))
+    assert size_multiple(combined) == 4
+    assert size_multiple(SimpleNamespace(vae_scale_factor=8)) == 8
+    assert size_multiple(SimpleNamespace()) is None  # no factor known: nothing to check
+    check_sizes(SimpleNamespace(), "custom", {"height": 63})
+    with pytest.raises(ValidationError, match=r"`width` must be a multiple of 4 .* got 66 \(use 64 or 68\)"):
+        check_sizes(combined, "tiny/kandinsky22", {"height": 64, "width": 66})
+
+
+def test_init_image_sizes_diffusers_rounds_are_the_rows_sizes(tmp_path):
+    """Without height/width diffusers rounds an odd init image down to the VAE factor: that is its
+    behaviour, and the row records the size the image really has."""
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (77, 67), (90, 120, 30)).save(odd)
+    folder = str(lab.tiny_model_path("tiny/sd15"))  # not named tiny/: no tiny run size
+    spec = SweepSpec.from_dict({**{k: v for k, v in GOOD.items() if k not in ("height", "width")},
+                                "model": folder, "image": str(odd)})
+    result = lab.run_sweep(spec, tmp_path / "out", progress=False)
+    row = result.df.iloc[0]
+    assert result.image(0).size == (72, 64)
+    assert (row["width"], row["height"]) == (72, 64)
+
+
+def test_chain_stage_numbers_and_sizes_fail_before_any_stage_runs(monkeypatch):
+    def refuse(seed):
+        raise AssertionError("a stage ran")
+
+    monkeypatch.setattr("img2img_lab.chains.generator", refuse)
+    fast = {"prompt": "a", "num_inference_steps": 2}
+    with pytest.raises(ValidationError, match=r"^`strength` must be in \[0, 1\], got nan$"):
+        lab.run_chain([("tiny/sd15", {**fast, "strength": math.nan})], image="cat")
+    with pytest.raises(ValidationError, match=r"^`guidance_scale` must be a finite number >= 0, got inf$"):
+        lab.run_chain([("tiny/sd15", {**fast, "strength": 0.5}), ("tiny/sd15", {**fast, "guidance_scale": math.inf})],
+                      image="cat")
+    with pytest.raises(ValidationError, match=r"^`width` must be an integer in \[1, 16384\], got -64$"):
+        lab.run_chain([("tiny/sd15", {**fast, "width": -64})], image="cat")
+    with pytest.raises(ValidationError, match=r"^`height` must be a multiple of 8 for StableDiffusionImg2ImgPipeline "
+                                              r"\(model 'tiny/sd15'\), got 63 \(use 56 or 64\)$"):
+        lab.run_chain([("tiny/sd15", {**fast, "height": 63})], image="cat")
 
 
 # -- odd but valid inputs: they run, with a warning or a recorded adjustment ----------------

@@ -45,6 +45,86 @@ def test_module_imports_neither_torch_nor_diffusers():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+PACKAGE = Path(__file__).resolve().parent.parent / "img2img_lab"
+SPEC_MODULES = ("vocab", "frozen", "ranges", "validation", "cells", "spec")
+
+
+def _package_imports(name: str) -> list[tuple[str, bool]]:
+    """(imported package module, at the module's top) for every `from .x import` in a module."""
+    import ast
+
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
+    top = set(map(id, tree.body))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            targets = [node.module] if node.module else [a.name for a in node.names]
+            out += [(t.split(".")[0], id(node) in top) for t in targets]
+    return out
+
+
+def test_the_vocabulary_imports_nothing_of_the_package():
+    assert _package_imports("vocab") == []
+
+
+def test_the_spec_modules_import_each_other_at_the_top_in_one_direction():
+    # vocab <- frozen <- ranges <- validation <- cells <- spec: each imports only those before it
+    # (and errors, and the model-family registry, which imports only errors), all at the module
+    # top: no cycle, nothing hidden in a function
+    for i, name in enumerate(SPEC_MODULES):
+        imports = _package_imports(name)
+        assert all(top for _, top in imports), (name, imports)
+        assert {m for m, _ in imports} <= {"errors", "families", *SPEC_MODULES[:i]}, (name, imports)
+
+
+def test_effective_steps_is_diffusers_arithmetic():
+    from img2img_lab.vocab import effective_steps
+
+    assert effective_steps({"num_inference_steps": 50, "strength": 0.3}) == 15
+    assert effective_steps({"num_inference_steps": 10, "strength": 1.0}) == 10
+    assert effective_steps({"num_inference_steps": 3, "strength": 0.2}) == 0
+    assert effective_steps({"num_inference_steps": 7}) == 7  # no strength (upscalers): every step runs
+    assert effective_steps({"strength": 0.5}) == 25  # diffusers' default of 50 steps
+    assert make(strength=0.3, num_inference_steps=50).cells()[0].effective_steps == 15
+
+
+@pytest.mark.parametrize("text,path,hub", [
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", False, True),
+    ("owner/name.v2", False, True),
+    ("./models/sd", True, False),
+    ("../sd", True, False),
+    ("/abs/sd", True, False),
+    ("~/sd", True, False),
+    (".cache/sd", True, False),
+    ("C:\\models\\sd", True, False),
+    ("models\\sd", True, False),
+    ("a/b/c", True, False),
+    ("model.safetensors", True, False),
+    ("owner/model.ckpt", True, True),  # both forms: a checkpoint file name wins (loaders test the path first)
+    ("not a model", False, False),
+    ("", False, False),
+])
+def test_what_a_path_and_a_hub_id_look_like(text, path, hub):
+    from img2img_lab.vocab import looks_like_hub_id, looks_like_path
+
+    assert looks_like_path(text) is path
+    assert looks_like_hub_id(text) is hub
+
+
+def test_metric_columns_have_one_definition():
+    from img2img_lab import grid, metrics, result
+    from img2img_lab.vocab import METRIC_NAMES, is_metric_column
+
+    assert metrics.METRIC_NAMES is METRIC_NAMES and grid.is_metric_column is is_metric_column
+    assert all(is_metric_column(c) for c in (*METRIC_NAMES, "metric_sharpness"))
+    assert not any(is_metric_column(c) for c in ("strength", "seconds", "metrics", 3))
+    import pandas as pd
+
+    df = pd.DataFrame({"strength": [0.5], "ssim": [0.9], "metric_mine": [1.0], "status": ["ok"]})
+    sweep = result.SweepResult(df=df, out_dir=Path("."))
+    assert sweep.metrics == ["ssim", "metric_mine"] and sweep.parameters == ["strength"]
+
+
 def test_call_parameters_cover_the_supported_pipelines():
     params = call_parameters()
     for name in ("controlnet_conditioning_scale", "eta", "aesthetic_score", "prior_guidance_scale",
