@@ -572,55 +572,102 @@ def plot_grid(
         ...                     where={"seed": 0}, labels={"negative_prompt": {None: "no negative"}})
         >>> fig.savefig("grid.png")
     """
-    from .figures import LabFigure
+    from .figures import LabFigure  # matplotlib: imported on the first plot, not with the package
 
-    # 1. validate and place rows in cells
+    # 1. validate and place rows in cells; panels side by side while their cells stay readable
+    _check_plot_sizes(thumb, max_figsize)
+    layout = grid_layout(result, x, y, z, where, caller="plot_grid")
+    maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels)
+    nz, ny, nx = layout.shape
+    panel_shape = _panel_shape(nz, per_row=_panels_per_row(nx, max_figsize, show_init))
+    inits = layout.init_paths(maps.get("image")) if show_init else []
+
+    # 2. the cell size wanted: the images' own (at least MIN_CELL px) or `thumb`; a first guess
+    #    of what fits sets the font size
+    fig = LabFigure(layout="constrained")
+    ref = _reference_size(result, layout)
+    aspect = ref[1] / ref[0]  # height / width of a cell
+    longest = thumb if thumb is not None else max(max(ref), MIN_CELL)
+    cell_w = longest / fig.dpi / max(1.0, aspect)
+    fontsize = _font_size_for(cell_w, aspect, layout, panel_shape, bool(inits), max_figsize)
+
+    # 3. the figure's parts: title, a reference column, one Axes per z panel with its labels
+    fig.suptitle(_default_title(layout) if title is None else title, fontsize=fontsize + 2)
+    init_axes, main_spec = _add_init_axes(fig, inits, panel_shape[1] * nx, fontsize)
+    panels = _add_panels(fig, main_spec, layout, panel_shape, (x_labels, y_labels, z_labels), fontsize)
+
+    # 4. size the figure around cells of the wanted size, within max_figsize
+    cell_w = _fit_cells(fig, panels[0], nx, ny, aspect, cell_w, max_figsize)
+
+    # 5. the images, made at the size they show at (capped so a panel stays under ~2k px)
+    cell_px = cell_w * fig.dpi * max(1.0, aspect)  # longest side of a cell, gutter included
+    gutter = max(2, round(cell_px) // 40)
+    box = _box(ref, max(4, min(round(cell_px) - gutter, 2048 // max(nx, ny))))
+    _show_inits(result, init_axes, inits, box)
+    for zi, ax in enumerate(panels):
+        _show_panel(result, layout, zi, ax, box, gutter, cell_pt=cell_w * 72, aspect=aspect, fontsize=fontsize)
+    return fig
+
+
+_SHOWN_INITS = 4  # init images beside a `plot_grid`; the last one's title counts the others
+
+
+def _check_plot_sizes(thumb, max_figsize) -> None:
+    """`plot_grid`'s `thumb` and `max_figsize`, or a `ValidationError` naming the bad one."""
     if thumb is not None and (not isinstance(thumb, int) or isinstance(thumb, bool) or thumb < 8):
         raise ValidationError(f"`thumb` must be None or an int of at least 8 pixels, got {thumb!r}")
     if (not isinstance(max_figsize, (tuple, list)) or len(max_figsize) != 2
             or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 for v in max_figsize)):
         raise ValidationError(f"`max_figsize` must be (width, height) in inches, got {max_figsize!r}")
-    layout = grid_layout(result, x, y, z, where, caller="plot_grid")
-    maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels)
-    nz, ny, nx = layout.shape
-    # panels side by side only while their cells keep MIN_PANEL_CELL px across max_figsize's width
-    # (a 4x4 grid in three panels wraps to two rows instead of shrinking every picture to a stamp)
+
+
+def _panels_per_row(nx: int, max_figsize, show_init: bool) -> int:
+    """How many z panels of ``nx`` columns go side by side: as many as keep their cells
+    `MIN_PANEL_CELL` px across ``max_figsize``'s width (a 4x4 grid in three panels wraps to two
+    rows instead of shrinking every picture to a stamp); at least one."""
     from matplotlib import rcParams
 
     cell_in = MIN_PANEL_CELL / rcParams["figure.dpi"]
-    per_row = int((max_figsize[0] - 1.6 - (cell_in if show_init else 0)) // (nx * cell_in + 0.6))
-    zr, zc = _panel_shape(nz, per_row=max(1, per_row))
-    inits = layout.init_paths(maps.get("image")) if show_init else []
-    shown_inits = inits[:4]
+    return max(1, int((max_figsize[0] - 1.6 - (cell_in if show_init else 0)) // (nx * cell_in + 0.6)))
 
-    # 2. the cell size wanted: the images' own (at least MIN_CELL px) or `thumb`; a first guess
-    #    of what fits sets the font size
-    fig = LabFigure(layout="constrained")
-    dpi = fig.dpi
-    ref = _reference_size(result, layout)
-    aspect = ref[1] / ref[0]  # height / width of a cell
-    longest = thumb if thumb is not None else max(max(ref), MIN_CELL)
-    cell_w = longest / dpi / max(1.0, aspect)
-    cols, rows = (1 if shown_inits else 0) + zc * nx, zr * ny
+
+def _font_size_for(cell_w: float, aspect: float, layout: GridLayout, panel_shape, with_inits: bool,
+                   max_figsize) -> float:
+    """The labels' font size: from a first guess of the cell width that fits ``max_figsize``;
+    big cells get big labels, as the figure may be shown scaled down (6 to 13 pt)."""
+    _, ny, nx = layout.shape
+    zr, zc = panel_shape
+    cols, rows = (1 if with_inits else 0) + zc * nx, zr * ny
     guess = min(cell_w, (max_figsize[0] - 1.6) / cols, (max_figsize[1] - 0.9 - 0.6 * zr) / (rows * aspect))
-    fontsize = float(np.clip(guess * 7, 6, 13))  # big cells, big labels: the figure may be shown scaled down
+    return float(np.clip(guess * 7, 6, 13))
 
-    # 3. the figure's parts: title, a reference column, one Axes per z panel with its labels
-    fig.suptitle(_default_title(layout) if title is None else title, fontsize=fontsize + 2)
-    init_axes = []
-    if shown_inits:
-        outer = fig.add_gridspec(1, 2, width_ratios=[1, zc * nx])
-        ref_spec, main_spec = outer[0].subgridspec(len(shown_inits), 1), outer[1]
-        for i, (_, label) in enumerate(shown_inits):
-            ax = fig.add_subplot(ref_spec[i])
-            name = "init image" if len(inits) == 1 or not label else f"init image\n{label}"
-            if i == len(shown_inits) - 1 and len(inits) > len(shown_inits):
-                name += f"\n(+{len(inits) - len(shown_inits)} more)"
-            ax.set_title(name, fontsize=fontsize)
-            ax.set_axis_off()
-            init_axes.append(ax)
-    else:
-        main_spec = fig.add_gridspec(1, 1)[0]
+
+def _add_init_axes(fig, inits: list, main_width: int, fontsize: float):
+    """The reference column of init images (the first `_SHOWN_INITS`, titled), left of a main area
+    ``main_width`` columns wide; returns the init Axes and the main area's gridspec slot."""
+    shown = inits[:_SHOWN_INITS]
+    if not shown:
+        return [], fig.add_gridspec(1, 1)[0]
+    outer = fig.add_gridspec(1, 2, width_ratios=[1, main_width])
+    ref_spec = outer[0].subgridspec(len(shown), 1)
+    axes = []
+    for i, (_, label) in enumerate(shown):
+        ax = fig.add_subplot(ref_spec[i])
+        name = "init image" if len(inits) == 1 or not label else f"init image\n{label}"
+        if i == len(shown) - 1 and len(inits) > len(shown):
+            name += f"\n(+{len(inits) - len(shown)} more)"
+        ax.set_title(name, fontsize=fontsize)
+        ax.set_axis_off()
+        axes.append(ax)
+    return axes, outer[1]
+
+
+def _add_panels(fig, main_spec, layout: GridLayout, panel_shape, labels, fontsize: float) -> list:
+    """One Axes per z panel in ``main_spec``: the x values along its top, the y values down its
+    left, the axis names as titles (``labels``: the x, y and z value labels)."""
+    nz, ny, nx = layout.shape
+    zr, zc = panel_shape
+    x_labels, y_labels, z_labels = labels
     panel_spec = main_spec.subgridspec(zr, zc)
     panels = []
     for zi in range(nz):
@@ -632,39 +679,39 @@ def plot_grid(
         ax.xaxis.tick_top()
         ax.xaxis.set_label_position("top")
         ax.tick_params(length=0)
-        ax.set_xlabel(x, fontsize=fontsize + 1, fontweight="bold")
-        ax.set_ylabel(y, fontsize=fontsize + 1, fontweight="bold")
+        ax.set_xlabel(layout.x, fontsize=fontsize + 1, fontweight="bold")
+        ax.set_ylabel(layout.y, fontsize=fontsize + 1, fontweight="bold")
         for spine in ax.spines.values():
             spine.set_visible(False)
-        if z is not None:
-            ax.set_title(f"{z}={z_labels[zi]}", fontsize=fontsize + 1)
+        if layout.z is not None:
+            ax.set_title(f"{layout.z}={z_labels[zi]}", fontsize=fontsize + 1)
         panels.append(ax)
+    return panels
 
-    # 4. size the figure around cells of the wanted size, within max_figsize
-    cell_w = _fit_cells(fig, panels[0], nx, ny, aspect, cell_w, max_figsize)
 
-    # 5. the images, made at the size they show at (capped so a panel stays under ~2k px)
-    cell_px = cell_w * dpi * max(1.0, aspect)  # longest side of a cell, gutter included
-    gutter = max(2, round(cell_px) // 40)
-    box = _box(ref, max(4, min(round(cell_px) - gutter, 2048 // max(nx, ny))))
-    for ax, (rel, _) in zip(init_axes, shown_inits):
+def _show_inits(result, init_axes: list, inits: list, box: tuple[int, int]) -> None:
+    """Each init Axes shows its init image, fitted into ``box``."""
+    for ax, (rel, _) in zip(init_axes, inits):
         with Image.open(result.out_dir / rel) as im:
             ax.imshow(np.asarray(ImageOps.contain(im.convert("RGB"), box, Image.Resampling.LANCZOS)))
         ax.images[-1].set_gid("init")
-    pitch_aspect = (box[1] + gutter) / (box[0] + gutter)
-    cell_pt = cell_w * 72  # width of a cell in points, for wrapping the placeholder messages
-    for zi, ax in enumerate(panels):
-        tiles, placeholders = _tiles(result, layout, zi, box, gutter)
-        ax.imshow(np.asarray(_mosaic(tiles, ny, nx)), extent=(0, nx, ny, 0), aspect=pitch_aspect,
-                  interpolation="antialiased")
-        ax.images[-1].set_gid(f"panel:{zi}")
-        for yi, xi, reason, message in placeholders:
-            lines = wrap_lines(message, int(0.85 * cell_pt / (0.6 * fontsize)),
-                               int(0.8 * cell_pt * aspect / (1.3 * fontsize)))
-            ax.text(xi + 0.5, yi + 0.5, "\n".join(lines), ha="center", va="center", color="#aa0000",
-                    fontsize=fontsize, fontweight="bold", gid=f"placeholder:{reason}", clip_on=True,
-                    bbox={"facecolor": "#c8c8c8", "edgecolor": "none", "pad": 1})
-    return fig
+
+
+def _show_panel(result, layout: GridLayout, zi: int, ax, box: tuple[int, int], gutter: int, *,
+                cell_pt: float, aspect: float, fontsize: float) -> None:
+    """Panel ``zi``'s cells as one image on ``ax``, each placeholder's message written over it
+    (wrapped to a cell ``cell_pt`` points wide)."""
+    _, ny, nx = layout.shape
+    tiles, placeholders = _tiles(result, layout, zi, box, gutter)
+    ax.imshow(np.asarray(_mosaic(tiles, ny, nx)), extent=(0, nx, ny, 0),
+              aspect=(box[1] + gutter) / (box[0] + gutter), interpolation="antialiased")
+    ax.images[-1].set_gid(f"panel:{zi}")
+    for yi, xi, reason, message in placeholders:
+        lines = wrap_lines(message, int(0.85 * cell_pt / (0.6 * fontsize)),
+                           int(0.8 * cell_pt * aspect / (1.3 * fontsize)))
+        ax.text(xi + 0.5, yi + 0.5, "\n".join(lines), ha="center", va="center", color="#aa0000",
+                fontsize=fontsize, fontweight="bold", gid=f"placeholder:{reason}", clip_on=True,
+                bbox={"facecolor": "#c8c8c8", "edgecolor": "none", "pad": 1})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -774,54 +821,81 @@ def grid_image(
     # 2. size, refused before anything is allocated
     box = _box(_reference_size(result, layout), cell_size)
     geo = _geometry(layout, box, len(inits), title, y_labels)
-    width, height = geo.size
+    _check_image_size(geo.size, nz * ny * nx, cell_size, max_side, max_pixels)
+
+    # 3. draw: the title, the init images, then each panel (its labels and its cells)
+    canvas = Image.new("RGB", geo.size, BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    fonts = (_font(geo.font_size), _font(round(geo.font_size * 1.15)))  # text, titles
+    top = _draw_title(draw, title, geo, fonts[1])
+    _draw_inits(canvas, draw, result, inits, geo, top, fonts[0])
+    for zi in range(nz):
+        _draw_panel(canvas, draw, result, layout, zi, geo, top, fonts, (x_labels, y_labels, z_labels))
+    return canvas
+
+
+_INK = (0, 0, 0)  # the text of `grid_image`
+
+
+def _check_image_size(size: tuple[int, int], n_cells: int, cell_size: int, max_side: int, max_pixels: int) -> None:
+    """Refuse a `grid_image` of ``size`` past ``max_side`` a side or ``max_pixels`` in all,
+    saying which `cell_size` would fit."""
+    width, height = size
     if width > max_side or height > max_side or width * height > max_pixels:
         scale = min(max_side / width, max_side / height, math.sqrt(max_pixels / (width * height)))
         raise ValidationError(
-            f"`grid_image` would be {width} x {height} px ({nz * ny * nx} cells at `cell_size`={cell_size}), "
+            f"`grid_image` would be {width} x {height} px ({n_cells} cells at `cell_size`={cell_size}), "
             f"past the limit of {max_side} px a side and {max_pixels:,} px in all; pass a smaller "
             f"`cell_size` (about {max(16, int(cell_size * scale * 0.95))}) or fewer cells with `where=`"
         )
 
-    # 3. draw
-    canvas = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    font = _font(geo.font_size)
-    bold = _font(round(geo.font_size * 1.15))
-    ink = (0, 0, 0)
-    pad, line = geo.pad, geo.line
-    for i, text in enumerate(title.split("\n") if title else []):
-        draw.text((pad, pad + i * line), _fit_text(bold, text, width - 2 * pad), fill=ink, font=bold)
-    top = pad + geo.title_h
 
+def _draw_title(draw, title: str, geo: _Geometry, bold) -> int:
+    """The title's lines at the top; returns where the grid starts below it (y, px)."""
+    for i, text in enumerate(title.split("\n") if title else []):
+        draw.text((geo.pad, geo.pad + i * geo.line), _fit_text(bold, text, geo.size[0] - 2 * geo.pad),
+                  fill=_INK, font=bold)
+    return geo.pad + geo.title_h
+
+
+def _draw_inits(canvas, draw, result, inits: list, geo: _Geometry, top: int, font) -> None:
+    """The init images in a column on the left, each under its name."""
+    box, pad, line = geo.box, geo.pad, geo.line
     for i, (rel, label) in enumerate(inits):
         y0 = top + geo.header_h + i * (box[1] + line + pad)
         name = "init image" if len(inits) == 1 or not label else f"init: {label}"
-        draw.text((pad, y0 - line + 2), _fit_text(font, name, geo.init_w - pad), fill=ink, font=font)
+        draw.text((pad, y0 - line + 2), _fit_text(font, name, geo.init_w - pad), fill=_INK, font=font)
         with Image.open(result.out_dir / rel) as im:
             canvas.paste(ImageOps.pad(im.convert("RGB"), box, method=Image.Resampling.LANCZOS, color=BACKGROUND), (pad, y0))
 
+
+def _draw_panel(canvas, draw, result, layout: GridLayout, zi: int, geo: _Geometry, top: int, fonts, labels) -> None:
+    """Panel ``zi`` at its place: its z title, the axis titles, the x and y value labels
+    (``labels``: the x, y and z value labels), then its cells."""
+    font, bold = fonts
+    x_labels, y_labels, z_labels = labels
+    _, ny, nx = layout.shape
+    box, pad, line = geo.box, geo.pad, geo.line
     cell_w = box[0] + geo.gutter
-    for zi in range(nz):
-        px = pad + geo.init_w + (zi % geo.zc) * (geo.panel_w + 2 * pad)
-        py = top + (zi // geo.zc) * (geo.panel_h + 2 * pad)
-        cells_x = px + geo.label_w
-        y_text = py
-        if layout.z:
-            draw.text((cells_x, y_text), _fit_text(bold, f"{z}={z_labels[zi]}", nx * cell_w), fill=ink, font=bold)
-            y_text += line
-        # axis titles: x centred over the columns, y in the corner above the row labels
-        x_title = _fit_text(bold, x, nx * cell_w)
-        draw.text((cells_x + (nx * cell_w - bold.getlength(x_title)) / 2, y_text), x_title, fill=ink, font=bold)
-        draw.text((px, y_text + line), _fit_text(bold, y, geo.label_w - pad), fill=ink, font=bold)
+    px = pad + geo.init_w + (zi % geo.zc) * (geo.panel_w + 2 * pad)
+    py = top + (zi // geo.zc) * (geo.panel_h + 2 * pad)
+    cells_x = px + geo.label_w
+    y_text = py
+    if layout.z:
+        draw.text((cells_x, y_text), _fit_text(bold, f"{layout.z}={z_labels[zi]}", nx * cell_w), fill=_INK, font=bold)
         y_text += line
-        for xi, label in enumerate(x_labels):
-            text = _fit_text(font, label, cell_w - pad)
-            draw.text((cells_x + xi * cell_w + (cell_w - font.getlength(text)) / 2, y_text), text, fill=ink, font=font)
-        cells_y = py + geo.header_h
-        for yi, label in enumerate(y_labels):
-            text = _fit_text(font, label, geo.label_w - pad)
-            draw.text((cells_x - pad - font.getlength(text), cells_y + yi * (box[1] + geo.gutter) + box[1] // 2 - line // 2), text, fill=ink, font=font)
-        tiles, _ = _tiles(result, layout, zi, box, geo.gutter, font=font)
-        canvas.paste(_mosaic(tiles, ny, nx), (cells_x, cells_y))
-    return canvas
+    # axis titles: x centred over the columns, y in the corner above the row labels
+    x_title = _fit_text(bold, layout.x, nx * cell_w)
+    draw.text((cells_x + (nx * cell_w - bold.getlength(x_title)) / 2, y_text), x_title, fill=_INK, font=bold)
+    draw.text((px, y_text + line), _fit_text(bold, layout.y, geo.label_w - pad), fill=_INK, font=bold)
+    y_text += line
+    for xi, label in enumerate(x_labels):
+        text = _fit_text(font, label, cell_w - pad)
+        draw.text((cells_x + xi * cell_w + (cell_w - font.getlength(text)) / 2, y_text), text, fill=_INK, font=font)
+    cells_y = py + geo.header_h
+    for yi, label in enumerate(y_labels):
+        text = _fit_text(font, label, geo.label_w - pad)
+        y0 = cells_y + yi * (box[1] + geo.gutter) + box[1] // 2 - line // 2
+        draw.text((cells_x - pad - font.getlength(text), y0), text, fill=_INK, font=font)
+    tiles, _ = _tiles(result, layout, zi, box, geo.gutter, font=font)
+    canvas.paste(_mosaic(tiles, ny, nx), (cells_x, cells_y))
