@@ -49,7 +49,7 @@ from .runner import quiet_progress, warn_long_texts
 from .store import SweepStore
 from .torchutil import generator, is_nan_image
 from .validation import check_sizes, check_value, known_keys
-from .vocab import ERROR, NAN, OK
+from .vocab import ERROR, NAN, OK, SIZE_ARGUMENTS
 
 # Which pipelines take latents as `image` (used as the initial latents as is) and which have no
 # text-to-image task: their model family says (`Family.takes_latents`, `Family.text2img`).
@@ -536,6 +536,7 @@ def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True, exact: boo
     cells = [chain.with_params(p) for p in _expand(axes, len(chain.stages))]
     for cell in cells:
         _validate(cell)
+    _check_stage_sizes(cells)
     store = SweepStore(out_dir)
     # 2. content keys (definition + init image content) and the rows known before running
     todo = _chain_cells(cells, store)
@@ -546,6 +547,20 @@ def sweep_chain(chain, axes: dict, out_dir, *, progress: bool = True, exact: boo
     df, meta = run_cells(store, todo, ChainExecutor(), exact=exact, progress=progress, desc="chain sweep",
                          run_info=record, generator="torch.Generator('cpu').manual_seed(seed) per stage")
     return SweepResult(df=df, out_dir=store.root, spec=None, meta=meta)
+
+
+def _check_stage_sizes(cells: list[Chain]) -> None:
+    """Every cell's stage `height`/`width` against its pipeline's VAE factor, before any cell runs.
+
+    Only a stage that sets a size loads its pipeline here (`load_pipeline` keeps it for the run).
+    """
+    seen = set()
+    for cell in cells:
+        for i, stage in enumerate(cell.stages):
+            sizes = {k: stage.kwargs[k] for k in SIZE_ARGUMENTS if stage.kwargs.get(k) is not None}
+            if sizes and (i, stage.label(), repr(sizes)) not in seen:
+                seen.add((i, stage.label(), repr(sizes)))
+                check_sizes(_pipeline(stage, i), stage.label(), sizes)
 
 
 CHAIN_KEY_VERSION = 1  # part of every chain cell's content key payload

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import vocab
 from .errors import ReportError, ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout (holds sweeps/, notebooks/), when it is one
@@ -102,7 +103,7 @@ NOTEBOOK_DEFAULTS = {
 def is_tiny(model) -> bool:
     """Whether `model` (a name or a list of them) is one of the embedded `tiny/...` models (all of them)."""
     models = list(model) if isinstance(model, (list, tuple)) else [model]
-    return bool(models) and all(isinstance(m, str) and m.startswith("tiny/") for m in models)
+    return bool(models) and all(vocab.is_tiny(m) for m in models)
 
 
 def notebook_defaults(notebook: str, model) -> dict:

@@ -119,7 +119,9 @@ class SweepSpec:
         params: any other keyword of the pipeline call (see `call_parameters`), fixed or swept,
             e.g. `{"eta": 0.0, "controlnet_conditioning_scale": [0.5, 1.0]}`. They may also be
             given flat, as in YAML: `SweepSpec(..., eta=0.0, offload="model")` routes call keywords
-            to `params` and load_pipeline options to `options`.
+            to `params` and load_pipeline options to `options`. Numbers must be finite (not bools);
+            `height`/`width` are whole pixels in [1, 16384], and `run_sweep` checks them against
+            the model's VAE factor (a multiple of 8 for Stable Diffusion) before any cell runs.
         options: `load_pipeline` options, not swept, e.g. `{"dtype": "float16", "offload": "model"}`.
         name: a title for reports.
         compel: weight prompts with compel (`"a (red)1.3 cat"`, `"cat++"`): prompts and negative

@@ -270,6 +270,19 @@ def test_chain_stage_numbers_and_sizes_fail_before_any_stage_runs(monkeypatch):
         lab.run_chain([("tiny/sd15", {**fast, "height": 63})], image="cat")
 
 
+def test_chain_sweep_sizes_fail_before_any_cell_runs(tmp_path, monkeypatch):
+    def refuse(seed):
+        raise AssertionError("a stage ran")
+
+    monkeypatch.setattr("img2img_lab.chains.generator", refuse)
+    chain = lab.Chain([("tiny/sd15", {"prompt": "a", "strength": 0.5, "num_inference_steps": 2})], image="cat")
+    with pytest.raises(ValidationError, match=r"^`height` must be a multiple of 8 .* got 63 \(use 56 or 64\)$"):
+        lab.sweep_chain(chain, {"stage1.height": [64, 63]}, tmp_path / "out", progress=False)
+    with pytest.raises(ValidationError, match=r"^`strength` must be in \[0, 1\], got 1.5$"):
+        lab.sweep_chain(chain, {"stage1.strength": [0.5, 1.5]}, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").glob("images/*.png"))
+
+
 # -- odd but valid inputs: they run, with a warning or a recorded adjustment ----------------
 
 
