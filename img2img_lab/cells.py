@@ -7,17 +7,15 @@ call keywords, the seed, the scheduler and the loading options that change pixel
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ValidationError
-from .frozen import FrozenDict, canonical_json, plain, thaw
+from .frozen import KEY_LENGTH, FrozenDict, content_key, plain, thaw
 from .validation import call_parameters
 from .vocab import CALL_AXES, DEFAULT_OPTIONS, DTYPES, PIXEL_OPTIONS, TINY_SIZE, effective_steps, is_tiny
 
-KEY_LENGTH = 20
 KEY_VERSION = 1  # bump when the key's payload changes (old folders then recompute, never mix)
 
 
@@ -92,7 +90,7 @@ class Cell:
         }
         if self.compel:  # weighted prompts change pixels; absent when off so older keys stay valid
             payload["compel"] = True
-        return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
+        return content_key(payload)
 
 
 def expand_cells(spec) -> list[Cell]:

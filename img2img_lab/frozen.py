@@ -7,6 +7,7 @@ builtins, and `canonical_json` is the one text form a content key is hashed from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Mapping
@@ -17,6 +18,16 @@ from .errors import ValidationError
 def canonical_json(obj) -> str:
     """One text for equal data: sorted keys, floats as repr (shortest round trip), no spaces."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_default)
+
+
+KEY_LENGTH = 20  # hex digits of a content key
+
+
+def content_key(payload) -> str:
+    """The content key of a sweep cell: the first `KEY_LENGTH` hex digits of the sha256 of the
+    payload's `canonical_json`. Spec cells (`Cell.key`) and chain cells (`sweep_chain`) both use
+    it; each payload carries its own version, so a change of payload never reuses old files."""
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
 
 
 def _json_default(obj):

@@ -168,6 +168,13 @@ def looks_like_path(text) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# a row's status
+
+OK, ERROR, NAN = "ok", "error", "nan"  # an image; an exception (its message in `error`); NaN / all black
+DONE_STATUSES = (OK, NAN)  # not recomputed on a re-run; errors are retried
+FAILED_STATUSES = (ERROR, NAN)
+
+# --------------------------------------------------------------------------------------------
 # metric columns
 
 PIXEL_METRICS = ("ssim", "psnr", "mean_abs_change")
