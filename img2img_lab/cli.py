@@ -25,12 +25,15 @@ DEMO_SPEC = ROOT / "assets" / "demo.yaml"
 
 
 def add_spec_arguments(parser, what: str = "sweep folder") -> None:
-    """The arguments every spec-running command shares: SPEC, --model, --out, --set."""
+    """The arguments every spec-running command shares: SPEC, --model, --out, --set, --exact."""
     parser.add_argument("spec", help="sweep spec (YAML)")
     parser.add_argument("--model", help="override the spec's model (e.g. tiny/sd15 runs offline)")
     parser.add_argument("--out", help=f"{what} (default runs/<spec name>)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a spec key, e.g. --set strength=[0.3,0.6] (repeatable)")
+    parser.add_argument("--exact", action="store_true",
+                        help="reproducibility mode (the spec's `exact: true`): one call per cell under "
+                             "deterministic algorithms, each image equal to its snippet; recorded per row")
 
 
 def spec_overrides(args) -> dict:
@@ -40,6 +43,8 @@ def spec_overrides(args) -> dict:
         if not args.model.strip():
             raise ValidationError(f"`--model` must name a model (hub id, path or tiny/...), got {args.model!r}")
         overrides["model"] = args.model
+    if getattr(args, "exact", False):
+        overrides["exact"] = True
     return overrides
 
 
@@ -124,7 +129,7 @@ def cmd_sweep(args) -> int:
     spec = _spec_from_args(args)
     out = out_dir(args)
     result = run_sweep(spec, out, progress=not args.quiet, batched=not args.no_batched,
-                       exact=True if args.exact else None, max_batch_size=args.max_batch_size)
+                       max_batch_size=args.max_batch_size)
     if not _is_main_process():
         return 0
     print(_summary(result))
@@ -181,8 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run, resume or extend a sweep spec")
     add_spec_arguments(sweep)
     sweep.add_argument("--no-batched", action="store_true", help="one pipeline call per cell")
-    sweep.add_argument("--exact", action="store_true",
-                       help="reproducibility mode: one call per cell, deterministic algorithms (recorded per row)")
     sweep.add_argument("--max-batch-size", type=int, default=8)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.add_argument("--num-processes", type=int, metavar="N",

@@ -126,6 +126,10 @@ class SweepSpec:
         name: a title for reports.
         compel: weight prompts with compel (`"a (red)1.3 cat"`, `"cat++"`): prompts and negative
             prompts are encoded by `prompts.encode_weighted` and passed as embeddings; default False.
+        exact: the reproducibility mode (`run_sweep(exact=...)`, `--exact`): one pipeline call per
+            cell under deterministic algorithms, so every image equals its snippet bit for bit at
+            the same thread count; recorded per row. Default False (batched where possible, within
+            `runner.BATCHED_TOLERANCE`).
 
     Example:
         >>> spec = SweepSpec(model="tiny/sd15", prompt="a cat", image="cat",
@@ -147,6 +151,7 @@ class SweepSpec:
     options: Mapping[str, Any] = field(default_factory=FrozenDict)
     name: str | None = None
     compel: bool = False
+    exact: bool = False
 
     def __init__(self, **keys):
         # Flat keys, as in YAML: axes and settings are fields, any other pipeline call keyword goes
@@ -170,8 +175,9 @@ class SweepSpec:
         # 3. settings
         if self.name is not None and not isinstance(self.name, str):
             raise ValidationError(f"`name` must be a string or None, got {self.name!r}")
-        if not isinstance(self.compel, bool):
-            raise ValidationError(f"`compel` must be true or false, got {self.compel!r}")
+        for setting in ("compel", "exact"):
+            if not isinstance(getattr(self, setting), bool):
+                raise ValidationError(f"`{setting}` must be true or false, got {getattr(self, setting)!r}")
         # 4. per cell: every (num_inference_steps, strength) pair must denoise at least once
         self._check_effective_steps()
 
@@ -290,6 +296,8 @@ class SweepSpec:
         out: dict[str, Any] = {"name": self.name} if self.name is not None else {}
         if self.compel:
             out["compel"] = True
+        if self.exact:
+            out["exact"] = True
         out.update({k: flat(v) for k, v in self.axis_values()})
         out.update({k: plain(v) for k, v in self.options.items()})
         return out

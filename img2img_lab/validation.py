@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ValidationError
-from .families import call_pipelines
+from .families import call_pipelines, family_of
 from .frozen import FrozenDict, freeze
 from .ranges import expand_range, is_number, number_text
 from .vocab import AXES, DEFAULT_OPTIONS, MAX_SEED, SCHEDULER_NAMES, SETTINGS, SIZE_ARGUMENTS, suggest
@@ -520,6 +520,8 @@ def check_value(key, value) -> None:
         normalise_option(key, value)
     elif key == "name" and value is not None and not isinstance(value, str):
         raise ValidationError(f"`name` must be a string or None, got {value!r}")
+    elif key in ("compel", "exact") and not isinstance(value, bool):
+        raise ValidationError(f"`{key}` must be true or false, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,18 +577,12 @@ def parse_set(value: str) -> tuple[str, Any]:
 def size_multiple(pipe) -> int | None:
     """The multiple a call's `height` and `width` must be for `pipe` to give exactly that size.
 
-    The pipeline's image processor rounds every size down to a multiple of its VAE factor
-    (`vae_scale_factor`: 8 for Stable Diffusion and SDXL, 4 for the x4 upscaler; Kandinsky 2.2's
-    MoVQ factor in its decoder pipeline); None when the pipeline has no such factor.
+    Its model family's answer (`Family.size_multiple`): the factor the pipeline's image processor
+    rounds every size down to (the VAE's `vae_scale_factor`: 8 for Stable Diffusion and SDXL, 4
+    for the x4 upscaler), times what its denoiser needs besides (Kandinsky 2.2's UNet); None
+    when the pipeline has no such factor.
     """
-    decoder = getattr(pipe, "decoder_pipe", None) or pipe  # combined pipelines decode in their decoder
-    processor = getattr(decoder, "image_processor", None)
-    factor = getattr(getattr(processor, "config", None), "vae_scale_factor", None)
-    if factor is None:
-        factor = getattr(decoder, "vae_scale_factor", None)
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor <= 1:
-        return None
-    return factor
+    return family_of(pipe).size_multiple(pipe)
 
 
 def check_sizes(pipe, model, call: Mapping) -> None:

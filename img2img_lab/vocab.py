@@ -30,7 +30,7 @@ DEFAULTS = {
 # The call keywords that are axes of their own.
 CALL_AXES = ("prompt", "negative_prompt", "strength", "guidance_scale", "num_inference_steps")
 # Spec-level settings that are neither axes nor call keywords nor load options.
-SETTINGS = ("name", "compel")
+SETTINGS = ("name", "compel", "exact")
 # The size arguments of a pipeline call (checked against the model's VAE factor before a run).
 SIZE_ARGUMENTS = ("height", "width")
 

@@ -108,5 +108,24 @@ def test_cli_exact_records_the_mode(tmp_path):
     spec = tmp_path / "spec.yaml"
     lab.SweepSpec.from_dict({**SPEC, "strength": 0.5}).to_yaml(spec)
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--exact"]) == 0
+    assert "exact: true" in (tmp_path / "out" / "spec.yaml").read_text()
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert df["exact"].tolist() == [True] and df["batch_size"].tolist() == [1]
+
+
+def test_exact_is_a_spec_key_that_round_trips_and_is_checked(tmp_path):
+    spec = lab.SweepSpec.from_dict({**SPEC, "strength": 0.5, "exact": True})
+    assert spec.exact is True and "exact: true" in spec.to_yaml()
+    assert lab.SweepSpec.from_yaml(spec.to_yaml()) == spec
+    with pytest.raises(ValidationError, match=r"`exact` must be true or false, got 'yes'"):
+        lab.SweepSpec.from_dict({**SPEC, "exact": "yes"})
+    # the spec's mode is the run's, unless the call says otherwise
+    assert lab.run_sweep(spec, tmp_path / "a", progress=False).df["exact"].tolist() == [True]
+    assert lab.run_sweep(spec, tmp_path / "b", progress=False, exact=False).df["exact"].tolist() == [False]
+
+
+def test_exact_chain_sweeps_record_the_mode(tmp_path):
+    chain = lab.Chain(stages=[("tiny/sd15", {"prompt": "a cat", "strength": 0.5, "num_inference_steps": 2})],
+                      image="astronaut")
+    result = lab.sweep_chain(chain, {"seed": [0, 1]}, tmp_path, progress=False, exact=True)
+    assert result.df["exact"].eq(True).all() and result.df["status"].eq("ok").all()
