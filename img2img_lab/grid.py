@@ -22,8 +22,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .errors import ValidationError
-from .result import BOOKKEEPING_COLUMNS
-from .vocab import is_metric_column  # re-exported: plots and widgets read it from here
+from .result import parameter_columns
+from .values import LABEL_CHARS, format_value, is_null, norm_value
 
 BACKGROUND = (255, 255, 255)
 PLACEHOLDER_FILL = (200, 200, 200)
@@ -32,17 +32,10 @@ PLACEHOLDER_TEXT = (170, 0, 0)
 MAX_SIDE = 16384  # px; larger images break most viewers and many encoders
 MIN_CELL = 256  # px on screen: the least a cell of `plot_grid` shows at (tiny models make 64 px images)
 MIN_PANEL_CELL = 128  # px: z panels go on more rows before their cells get smaller than this
-_LABEL_CHARS = 28  # labels longer than this (prompts, URLs) are shortened
-_NULL = "\x00<null>"  # stands for None/NaN when grouping cell values
-NONE_LABEL = "(none)"  # how a missing value (None/NaN, e.g. no negative prompt) reads
 
 
 # ----------------------------------------------------------------------------------------------
 # rows, axes and cells (shared by plot_grid, grid_image, plots and the widget explorer)
-
-
-def _is_null_value(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def filter_rows(df: pd.DataFrame, where=None) -> pd.DataFrame:
@@ -90,37 +83,6 @@ def filter_rows(df: pd.DataFrame, where=None) -> pd.DataFrame:
     )
 
 
-def norm_value(value):
-    """A hashable stand-in for a cell value: None/NaN become one value, lists/dicts their repr."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return _NULL
-    if isinstance(value, np.generic):
-        value = value.item()
-        if isinstance(value, float) and math.isnan(value):
-            return _NULL
-    if isinstance(value, (list, dict, tuple, set, np.ndarray)):
-        return repr(value.tolist() if isinstance(value, np.ndarray) else value)
-    return value
-
-
-def format_value(value, max_chars: int = _LABEL_CHARS, ellipsis: str = "…") -> str:
-    """A short label for a parameter value: ``0.75``, ``""`` for an empty prompt, ``(none)`` for
-    None/NaN (no negative prompt), long text shortened."""
-    if norm_value(value) == _NULL:
-        return NONE_LABEL
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        text = f"{value:g}"
-    elif isinstance(value, str):
-        text = '""' if value == "" else " ".join(value.split())
-    else:
-        text = str(value)
-    if len(text) > max_chars:
-        text = text[: max_chars - len(ellipsis)].rstrip() + ellipsis
-    return text
-
-
 _PATH_LABEL_CHARS = 48  # a path's short name is cut (keeping its end) only past this
 
 
@@ -144,7 +106,7 @@ def _path_parts(value) -> list[str] | None:
 
 
 def value_labels(column: str | None, values: list, labels: dict | None = None, *,
-                 max_chars: int = _LABEL_CHARS, ellipsis: str = "…") -> list[str]:
+                 max_chars: int = LABEL_CHARS, ellipsis: str = "…") -> list[str]:
     """Labels for the values of one axis, in order.
 
     A value with a label in ``labels`` (``{normalised value: label}``, see `label_maps`) gets it.
@@ -236,18 +198,13 @@ def label_maps(df: pd.DataFrame, labels, columns: list[str]) -> dict[str, dict]:
     return out
 
 
-def parameter_columns(df: pd.DataFrame) -> list[str]:
-    """Columns holding parameters: everything that is not bookkeeping or a metric."""
-    return [c for c in df.columns if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
-
-
 def axis_values(series: pd.Series) -> list:
     """Distinct values of an axis: numbers sorted, anything else in order of first appearance."""
     seen = {}
     for value in series:
         seen.setdefault(norm_value(value), value)
     values = list(seen.values())
-    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and norm_value(v) != _NULL for v in values)
+    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and not is_null(v) for v in values)
     return sorted(values) if numeric else values
 
 
@@ -277,7 +234,7 @@ class GridLayout:
         out = {}
         for _, row in self.df.iterrows():
             path = row.get("init_image_path")
-            if norm_value(path) == _NULL or path == "" or path in out:
+            if is_null(path) or path == "" or path in out:
                 continue
             out[path] = row.get("image", "") if "image" in self.df.columns else ""
         names = value_labels("image", list(out.values()), labels)
@@ -324,7 +281,7 @@ def grid_layout(result, x: str, y: str, z: str | None = None, where=None, *, cal
             )
             first = varying[0]
             value = axis_values(df[first])[0]
-            hint = f"pick one with `where={{{first!r}: {None if _is_null_value(value) else value!r}}}`"
+            hint = f"pick one with `where={{{first!r}: {None if is_null(value) else value!r}}}`"
             if z is None:
                 hint += f" or make it a panel axis with `z={first!r}`"
             raise ValidationError(
@@ -354,7 +311,7 @@ def cell_image(result, row) -> tuple[Image.Image | None, str | None]:
     if row is None:
         return None, "not run"
     status = row.get("status", "ok")
-    if norm_value(status) != _NULL and status not in ("ok", ""):
+    if not is_null(status) and status not in ("ok", ""):
         return None, str(status) if status in ("error", "nan") else "error"
     image = result.image(row)
     return (image, None) if image is not None else (None, "missing")
@@ -372,7 +329,7 @@ def cell_message(row, reason: str) -> str:
     the reason means ("nan: the output decoded to NaN (a black image)", "not run", ...)."""
     if reason == "error":
         error = row.get("error") if row is not None else None
-        text = "" if norm_value(error) == _NULL else " ".join(str(error).split())
+        text = "" if is_null(error) else " ".join(str(error).split())
         return f"error: {text}" if text else "error"
     return _MESSAGES.get(reason, reason)
 

@@ -7,7 +7,9 @@ import numbers
 import numpy as np
 
 from .errors import ValidationError
-from .grid import axis_values, norm_value, filter_rows, is_metric_column, value_labels
+from .grid import axis_values, filter_rows, value_labels
+from .values import norm_value
+from .vocab import is_metric_column
 
 # What a higher value means, for the y-axis label.
 _READING = {
@@ -61,56 +63,25 @@ def plot_tradeoff(
         >>> result = lab.add_metrics(result, ["ssim"])
         >>> lab.plot_tradeoff(result, x="strength", y="ssim", hue="guidance_scale")
     """
-    from matplotlib import colormaps
-
-    from .figures import LabFigure
+    from .figures import LabFigure  # matplotlib: imported on the first plot, not with the package
 
     # 1. validate
-    df = result.df
-    if y not in df.columns:
-        if y in _READING or is_metric_column(y):
-            raise ValidationError(
-                f"`y`={y!r}: the sweep has no {y!r} column yet; compute it with "
-                f"`result = lab.add_metrics(result, metrics=[{y!r}])`"
-            )
-        metrics = [c for c in df.columns if is_metric_column(c)]
-        raise ValidationError(f"`y` must be a column of the sweep, got {y!r}; metric columns: {metrics}")
-    for name, column in (("x", x), ("hue", hue), ("style", style)):
-        if column is not None and column not in df.columns:
-            raise ValidationError(
-                f"`{name}` must be a column of the sweep, got {column!r}; swept columns: {result.swept}"
-            )
+    _check_tradeoff_columns(result, x, y, hue, style)
     if spread not in ("band", "points", None):
         raise ValidationError(f"`spread` must be 'band', 'points' or None, got {spread!r}")
 
     # 2. rows with a finite value
-    df = filter_rows(df, where)
-    if "status" in df.columns:
-        df = df[df["status"] == "ok"]
-    values = df[y].astype("float64")
-    df = df[np.isfinite(values.to_numpy())]
-    if df.empty:
-        raise ValidationError(
-            f"`y`={y!r} has no finite values in the selected rows; run `lab.add_metrics(result, metrics=[{y!r}])` "
-            f"or change `where`"
-        )
+    df = _finite_rows(result.df, y, where)
 
     # 3. x positions: by value when numeric, evenly spaced otherwise
     x_values = axis_values(df[x])
-    numeric_x = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in x_values)
+    numeric_x = _all_numbers(x_values)
     position = {norm_value(v): (float(v) if numeric_x else i) for i, v in enumerate(x_values)}
 
-    # 4. one line per (hue, style)
+    # 4. one line per (hue, style); a numeric hue gets colours in its order
     hue_values = axis_values(df[hue]) if hue else [None]
     style_values = axis_values(df[style]) if style else [None]
-    numeric_hue = hue is not None and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in hue_values)
-    if numeric_hue and len(hue_values) > 1:
-        cmap, lo, hi = colormaps["viridis"], min(hue_values), max(hue_values)
-        colors = [cmap(0.9 * (v - lo) / (hi - lo)) for v in hue_values]
-    else:
-        cmap = colormaps["tab10"]
-        colors = [cmap(i % 10) for i in range(len(hue_values))]
-
+    colors = _line_colors(hue_values, numeric=hue is not None and _all_numbers(hue_values))
     fig = LabFigure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     # legend entries and category ticks: URLs, paths and hub ids by their short names
@@ -128,19 +99,8 @@ def plot_tradeoff(
             part = df[mask]
             if part.empty:
                 continue
-            xs = part[x].map(lambda v: position[norm_value(v)]).to_numpy(dtype=float)
-            ys = part[y].to_numpy(dtype=float)
-            order = sorted(set(xs))
-            mean = np.array([ys[xs == p].mean() for p in order])
             label = ", ".join(text for text, col in ((hue_labels[hi_], hue), (style_labels[si], style)) if col)
-            ax.plot(order, mean, color=colors[hi_], linestyle=_LINESTYLES[si % len(_LINESTYLES)],
-                    marker=_MARKERS[si % len(_MARKERS)], label=label or None)
-            if spread == "band" and len(order) > 1:
-                low = np.array([ys[xs == p].min() for p in order])
-                high = np.array([ys[xs == p].max() for p in order])
-                ax.fill_between(order, low, high, color=colors[hi_], alpha=0.15, linewidth=0)
-            elif spread == "points":
-                ax.scatter(xs, ys, color=colors[hi_], s=12, alpha=0.6, marker=_MARKERS[si % len(_MARKERS)])
+            _plot_line(ax, part, x, y, position, spread, color=colors[hi_], style_index=si, label=label or None)
 
     # 5. labels
     if not numeric_x:
@@ -148,15 +108,85 @@ def plot_tradeoff(
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} ({_READING[y]})" if y in _READING else y)
     ax.grid(True, alpha=0.3)
-    legend_title = ", ".join(c for c in (hue, style) if c)
-    if legend_title:
-        entries = len(ax.get_legend_handles_labels()[1])
-        if entries > LEGEND_INSIDE:  # a long legend goes beside the plot, not over its lines
-            ax.legend(title=legend_title, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1),
-                      borderaxespad=0, ncols=1 + (entries - 1) // 16)
-        else:
-            ax.legend(title=legend_title, fontsize="small")
+    _add_legend(ax, ", ".join(c for c in (hue, style) if c))
     if title is None:
         title = f"{y} vs {x}" + {"band": " (mean, min-max band)", "points": " (mean and every row)"}.get(spread, " (mean)")
     ax.set_title(title)
     return fig
+
+
+def _all_numbers(values) -> bool:
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+
+
+def _check_tradeoff_columns(result, x, y, hue, style) -> None:
+    """`y` is a column (a missing metric says how to compute it); `x`, `hue`, `style` are columns or None."""
+    df = result.df
+    if y not in df.columns:
+        if y in _READING or is_metric_column(y):
+            raise ValidationError(
+                f"`y`={y!r}: the sweep has no {y!r} column yet; compute it with "
+                f"`result = lab.add_metrics(result, metrics=[{y!r}])`"
+            )
+        metrics = [c for c in df.columns if is_metric_column(c)]
+        raise ValidationError(f"`y` must be a column of the sweep, got {y!r}; metric columns: {metrics}")
+    for name, column in (("x", x), ("hue", hue), ("style", style)):
+        if column is not None and column not in df.columns:
+            raise ValidationError(
+                f"`{name}` must be a column of the sweep, got {column!r}; swept columns: {result.swept}"
+            )
+
+
+def _finite_rows(df, y: str, where):
+    """The rows ``where`` selects that ran (status "ok") and have a finite ``y``; refused when none."""
+    df = filter_rows(df, where)
+    if "status" in df.columns:
+        df = df[df["status"] == "ok"]
+    values = df[y].astype("float64")
+    df = df[np.isfinite(values.to_numpy())]
+    if df.empty:
+        raise ValidationError(
+            f"`y`={y!r} has no finite values in the selected rows; run `lab.add_metrics(result, metrics=[{y!r}])` "
+            f"or change `where`"
+        )
+    return df
+
+
+def _line_colors(hue_values: list, *, numeric: bool) -> list:
+    """One colour per hue value: along viridis by value for several numbers, else tab10's in turn."""
+    from matplotlib import colormaps
+
+    if numeric and len(hue_values) > 1:
+        cmap, lo, hi = colormaps["viridis"], min(hue_values), max(hue_values)
+        return [cmap(0.9 * (v - lo) / (hi - lo)) for v in hue_values]
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(len(hue_values))]
+
+
+def _plot_line(ax, part, x: str, y: str, position: dict, spread, *, color, style_index: int, label) -> None:
+    """The mean of ``y`` over ``part``'s rows at each x position, with its spread (band or points)."""
+    xs = part[x].map(lambda v: position[norm_value(v)]).to_numpy(dtype=float)
+    ys = part[y].to_numpy(dtype=float)
+    order = sorted(set(xs))
+    mean = np.array([ys[xs == p].mean() for p in order])
+    marker = _MARKERS[style_index % len(_MARKERS)]
+    ax.plot(order, mean, color=color, linestyle=_LINESTYLES[style_index % len(_LINESTYLES)], marker=marker,
+            label=label)
+    if spread == "band" and len(order) > 1:
+        low = np.array([ys[xs == p].min() for p in order])
+        high = np.array([ys[xs == p].max() for p in order])
+        ax.fill_between(order, low, high, color=color, alpha=0.15, linewidth=0)
+    elif spread == "points":
+        ax.scatter(xs, ys, color=color, s=12, alpha=0.6, marker=marker)
+
+
+def _add_legend(ax, title: str) -> None:
+    """The legend, titled with the line columns; more than `LEGEND_INSIDE` entries go beside the plot."""
+    if not title:
+        return
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries > LEGEND_INSIDE:  # a long legend goes beside the plot, not over its lines
+        ax.legend(title=title, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1),
+                  borderaxespad=0, ncols=1 + (entries - 1) // 16)
+    else:
+        ax.legend(title=title, fontsize="small")

@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from .errors import ValidationError
+from .values import NONE_TEXT, format_value, norm_value
 from .vocab import METRIC_NAMES, METRIC_PREFIX, is_metric_column
 
 # Columns that describe bookkeeping rather than a parameter the user chose.
@@ -25,10 +26,14 @@ BOOKKEEPING_COLUMNS = frozenset(
     }
 )
 FAILED_STATUSES = ("error", "nan")
-NONE_TEXT = "(none)"  # how a missing text value (None/NaN, e.g. no negative prompt) reads
 _THUMB = 64  # px: longest side of a row's thumbnail in the notebook table
 _HTML_ROWS = 50  # rows the notebook table shows; `df` holds them all
 _HTML_CHARS = 60  # text longer than this is shortened in the notebook table (full text on hover)
+
+
+def parameter_columns(df: pd.DataFrame) -> list[str]:
+    """Columns of a sweep table holding parameters: everything that is not bookkeeping or a metric."""
+    return [c for c in df.columns if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
 
 
 def _is_text(series: pd.Series) -> bool:
@@ -67,7 +72,12 @@ class SweepResult:
     def __len__(self) -> int:
         return len(self.df)
 
-    def _row(self, which) -> pd.Series:
+    def row(self, which) -> pd.Series:
+        """One row of `df`: by position (``0``), by content key (``"3f2a..."``), or a row itself.
+
+        Example:
+            >>> result.row(0)["strength"]
+        """
         if isinstance(which, str):
             rows = self.df[self.df["key"] == which]
             if rows.empty:
@@ -79,7 +89,7 @@ class SweepResult:
 
     def image_file(self, which) -> Path | None:
         """Path of the output PNG of a row (position, content key or row), or None if it failed."""
-        rel = self._row(which).get("image_path")
+        rel = self.row(which).get("image_path")
         return None if rel is None or pd.isna(rel) or rel == "" else Path(self.out_dir) / rel
 
     def image(self, which) -> Image.Image | None:
@@ -92,7 +102,7 @@ class SweepResult:
 
     def init_image(self, which) -> Image.Image | None:
         """The init image of a row, as it was given to the pipeline."""
-        rel = self._row(which).get("init_image_path")
+        rel = self.row(which).get("init_image_path")
         if rel is None or pd.isna(rel) or rel == "":
             return None
         with Image.open(Path(self.out_dir) / rel) as im:
@@ -101,7 +111,7 @@ class SweepResult:
     @property
     def parameters(self) -> list[str]:
         """Columns holding parameters (everything that is not bookkeeping or a metric)."""
-        return [c for c in self.df.columns if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
+        return parameter_columns(self.df)
 
     @property
     def swept(self) -> list[str]:
@@ -172,8 +182,6 @@ class SweepResult:
         return out
 
     def _repr_html_(self) -> str:
-        from .grid import norm_value  # grid imports this module
-
         df = self.df
         done, failed = self._counts()
         swept = self.swept
@@ -226,8 +234,6 @@ class SweepResult:
 
 def _value_html(value) -> str:
     """A value for the notebook table, HTML-escaped; long text shortened (all of it on hover)."""
-    from .grid import format_value
-
     text = format_value(value, _HTML_CHARS)
     full = text if format_value(value, 10**6) == text else " ".join(str(value).split())
     if full != text:
@@ -237,8 +243,6 @@ def _value_html(value) -> str:
 
 def _status_html(row) -> str:
     """The status of a row; for a failed one with its stored error (shortened, all of it on hover)."""
-    from .grid import format_value
-
     status = row.get("status")
     if pd.isna(status):
         return NONE_TEXT

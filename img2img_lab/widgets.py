@@ -15,16 +15,19 @@ import html
 import io
 import numbers
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from .grid import axis_values, norm_value, placeholder_tile, cell_image, format_value, grid_layout, is_metric_column
-from .result import BOOKKEEPING_COLUMNS
+from .errors import ValidationError
+from .grid import GridLayout, axis_values, cell_image, grid_layout, placeholder_tile
+from .result import BOOKKEEPING_COLUMNS, parameter_columns
 from .runner import BATCHED_TOLERANCE
 from .validation import pipeline_call_arguments
-from .vocab import SCHEDULER_NAMES
+from .values import NONE_TEXT, format_value, is_null, norm_value
+from .vocab import SCHEDULER_NAMES, is_metric_column
 
 PREFERRED_AXES = ("strength", "guidance_scale")
 NO_AXIS = "(none)"  # y option for a one-row grid
@@ -80,10 +83,6 @@ def _plain(value):
     return value
 
 
-def _is_null(value) -> bool:
-    return norm_value(value) == norm_value(None)
-
-
 def _png_bytes(image, max_side: int | None = None) -> bytes:
     """PNG bytes of a PIL image, shrunk (never enlarged) so its longer side is at most `max_side`."""
     if max_side is not None and max(image.size) > max_side:
@@ -119,52 +118,17 @@ def code_snippet(result, which) -> str:
         >>> print(lab.widgets.code_snippet(result, 0))
         >>> exec(lab.widgets.code_snippet(result, 0)); image    # the same pixels as result.image(0)
     """
-    row = result._row(which)
+    row = result.row(which)
     spec = getattr(result, "spec", None)
-    spec_params = dict(getattr(spec, "params", None) or {}) if spec is not None else {}
-
     # 1. the pipeline: model, loading options, scheduler swap
-    options = {}
-    if spec is not None and row.get("model") in [str(m) for m in getattr(spec, "model", ())]:
-        options.update({k: _plain(v) for k, v in dict(getattr(spec, "options", None) or {}).items()})
-    if "dtype" not in options and not _is_null(row.get("dtype")) and row.get("dtype"):
-        options["dtype"] = str(row["dtype"])
-    scheduler = row.get("scheduler")
-    if isinstance(scheduler, str) and scheduler in SCHEDULER_NAMES:
-        options["scheduler"] = scheduler
-    load_args = ", ".join([repr(str(row["model"]))] + [f"{k}={v!r}" for k, v in options.items()])
-
-    # 2. the init image, resized where the runner resized it
-    source = row.get("image")
-    if not isinstance(source, str) or source.startswith("<") or not source:
-        source = str(result.out_dir / row["init_image_path"])  # an in-memory image: its stored copy
-    width, height = _plain(row.get("width")), _plain(row.get("height"))
-    init = result.init_image(row)
-    sized = not _is_null(width) and not _is_null(height) and init is not None and init.size != (width, height)
-    if "width" in spec_params or "height" in spec_params:
-        sized = True
-        width = spec_params["width"] if isinstance(spec_params.get("width"), numbers.Integral) else width
-        height = spec_params["height"] if isinstance(spec_params.get("height"), numbers.Integral) else height
-    call_size = sized and _accepts_height(row.get("pipeline_class"))
-    size_arg = f", size=({int(width)}, {int(height)})" if sized and not call_size else ""
-
+    load_args = _load_arguments(row, spec)
+    # 2. the init image, resized where the runner resized it (by the pipeline when it takes a size)
+    source, size = _init_source(result, row), _run_size(result, row, spec)
+    call_size = size is not None and _accepts_height(row.get("pipeline_class"))
+    size_arg = f", size=({size[0]}, {size[1]})" if size is not None and not call_size else ""
     # 3. the call: every keyword of the row, in table order
-    kwargs = {}
-    for column in result.df.columns:
-        if column in _NOT_CALL or column in BOOKKEEPING_COLUMNS or is_metric_column(column):
-            continue
-        value = _plain(row.get(column))
-        if _is_null(value) and column != "negative_prompt":  # absent for this row (or dropped: upscalers)
-            continue
-        kwargs[column] = None if _is_null(value) else value
-    if call_size:
-        kwargs.update(height=int(height), width=int(width))
-    args = [f"{k}={v!r}" for k, v in kwargs.items() if k not in ("control_image",)]
-    if kwargs.get("control_image") is not None:  # loaded and sized like the init image, as the runner does
-        args.append(f"control_image=lab.prepare_control_image({kwargs['control_image']!r}, init.size)")
-    if getattr(spec, "compel", False):  # the runner passes compel embeddings; the row keeps the texts
-        args = [a for a in args if not a.startswith(("prompt=", "negative_prompt="))]
-        args.insert(0, f"**lab.encode_weighted(pipe, {kwargs.get('prompt')!r}, {kwargs.get('negative_prompt')!r})")
+    args = _call_arguments(result, row, spec, size if call_size else None)
+    # 4. the code
     exact = row.get("exact") is True or _plain(row.get("exact")) is True
     lines = [
         *reproduction_note(row),
@@ -183,6 +147,66 @@ def code_snippet(result, which) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load_arguments(row, spec) -> str:
+    """The arguments of the snippet's `load_pipeline`: the model, the spec's loading options (when
+    the row's model is the spec's), the dtype and the scheduler swap."""
+    options = {}
+    if spec is not None and row.get("model") in [str(m) for m in getattr(spec, "model", ())]:
+        options.update({k: _plain(v) for k, v in dict(getattr(spec, "options", None) or {}).items()})
+    if "dtype" not in options and not is_null(row.get("dtype")) and row.get("dtype"):
+        options["dtype"] = str(row["dtype"])
+    scheduler = row.get("scheduler")
+    if isinstance(scheduler, str) and scheduler in SCHEDULER_NAMES:
+        options["scheduler"] = scheduler
+    return ", ".join([repr(str(row["model"]))] + [f"{k}={v!r}" for k, v in options.items()])
+
+
+def _init_source(result, row) -> str:
+    """Where the snippet loads the init image from: the row's `image`, or the stored copy of an
+    image that was given in memory."""
+    source = row.get("image")
+    if not isinstance(source, str) or source.startswith("<") or not source:
+        source = str(result.out_dir / row["init_image_path"])
+    return source
+
+
+def _run_size(result, row, spec) -> tuple[int, int] | None:
+    """(width, height) the cell ran at when the runner resized its init image (the row's size
+    differs from the stored init image's, or the spec sets a size); None when it did not."""
+    spec_params = dict(getattr(spec, "params", None) or {}) if spec is not None else {}
+    width, height = _plain(row.get("width")), _plain(row.get("height"))
+    init = result.init_image(row)
+    sized = not is_null(width) and not is_null(height) and init is not None and init.size != (width, height)
+    if "width" in spec_params or "height" in spec_params:
+        sized = True
+        width = spec_params["width"] if isinstance(spec_params.get("width"), numbers.Integral) else width
+        height = spec_params["height"] if isinstance(spec_params.get("height"), numbers.Integral) else height
+    return (int(width), int(height)) if sized else None
+
+
+def _call_arguments(result, row, spec, call_size: tuple[int, int] | None) -> list[str]:
+    """The snippet's pipeline keywords (``name=repr``): every call column of the row in table
+    order, the size when the pipeline takes one, a control image sized like the init image, and
+    compel embeddings in place of the prompts when the spec used compel."""
+    kwargs = {}
+    for column in result.df.columns:
+        if column in _NOT_CALL or column in BOOKKEEPING_COLUMNS or is_metric_column(column):
+            continue
+        value = _plain(row.get(column))
+        if is_null(value) and column != "negative_prompt":  # absent for this row (or dropped: upscalers)
+            continue
+        kwargs[column] = None if is_null(value) else value
+    if call_size is not None:
+        kwargs.update(height=call_size[1], width=call_size[0])
+    args = [f"{k}={v!r}" for k, v in kwargs.items() if k not in ("control_image",)]
+    if kwargs.get("control_image") is not None:  # loaded and sized like the init image, as the runner does
+        args.append(f"control_image=lab.prepare_control_image({kwargs['control_image']!r}, init.size)")
+    if getattr(spec, "compel", False):  # the runner passes compel embeddings; the row keeps the texts
+        args = [a for a in args if not a.startswith(("prompt=", "negative_prompt="))]
+        args.insert(0, f"**lab.encode_weighted(pipe, {kwargs.get('prompt')!r}, {kwargs.get('negative_prompt')!r})")
+    return args
+
+
 def reproduction_note(row) -> list[str]:
     """Comment lines that open a cell's snippet: how closely the code reproduces the cell's image.
 
@@ -191,8 +215,8 @@ def reproduction_note(row) -> list[str]:
     """
     batch = _plain(row.get("batch_size"))
     threads = _plain(row.get("threads"))
-    at = f" with {int(threads)} CPU threads (torch.get_num_threads())" if not _is_null(threads) else ""
-    if not _is_null(batch) and int(batch) > 1:
+    at = f" with {int(threads)} CPU threads (torch.get_num_threads())" if not is_null(threads) else ""
+    if not is_null(batch) and int(batch) > 1:
         return [f"# This cell ran in a batch of {int(batch)}: this code gives its image within "
                 f"{BATCHED_TOLERANCE} 8-bit level per pixel",
                 "# (batched float rounding). Run the sweep with exact=True for cells reproduced bit for bit."]
@@ -245,8 +269,8 @@ def _corner_html(x, y) -> str:
 
 def _value_text(value) -> str:
     value = _plain(value)
-    if _is_null(value):
-        return "(none)"  # as the grid, the axis controls and the tables say it
+    if is_null(value):
+        return NONE_TEXT  # as the grid, the axis controls and the tables say it
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
@@ -274,28 +298,42 @@ class Explorer(widgets.VBox):
     """
 
     def __init__(self, result, x=None, y=None, *, thumb: int = 128):
-        # 1. validate
-        from .errors import ValidationError
-
-        if isinstance(thumb, bool) or not isinstance(thumb, int) or thumb < 16:
-            raise ValidationError(f"`thumb` must be an int >= 16 (pixels), got {thumb!r}")
-        df = result.df
-        if df.empty:
-            raise ValidationError(f"`result` has no rows to explore ({result.out_dir})")
-        swept = list(result.swept)
-        for name, column in (("x", x), ("y", y)):
-            if column is not None and column not in swept:
-                raise ValidationError(f"`{name}` must be a swept column, got {column!r}; swept columns: {swept}")
-        if x is not None and x == y:
-            raise ValidationError(f"`x` and `y` must differ, both are {x!r}")
+        # 1. validate; the state the callbacks share
+        swept = _explorable_columns(result, x, y, thumb)
         self.result, self.thumb, self.swept = result, thumb, swept
         self.selected = None
         self._thumbs: dict = {}
-        self._rows_shown = df  # rows passing the filter
+        self._rows_shown = result.df  # rows passing the filter
         self._syncing = False  # True while the explorer itself sets widget values
         self._ranked_text = ""
+        self._ranked_keys: list = []  # the ranked list's keys, in its order
 
-        # 2. axis choice: preferred axes if swept, else the first two swept columns
+        # 2. the axis dropdowns and a control fixing each other swept column
+        self._make_axis_controls(x, y)
+        # 3. grid and details; every image has a set on-screen size, whatever its pixel size
+        self._make_grid_and_details()
+        # 4. sort and filter: the ranked list shares a Tab with the grid, so it adds no height
+        self._make_ranking()
+
+        # 5. put it together and select the first image that worked
+        super().__init__([
+            widgets.HBox([self.x_axis, self.y_axis, self.fixed_box], layout=widgets.Layout(flex_flow="row wrap")),
+            self.message,
+            widgets.HBox([self.tabs, self.details],
+                         layout=widgets.Layout(width="100%", align_items="flex-start", grid_gap="8px")),
+        ], layout=widgets.Layout(width="100%", max_width=MAX_WIDTH))
+        self.add_class(CSS["root"])
+        self._on_axes()
+        self._update_ranked()
+        first = next((row for row in self._layout.cells.values() if row.get("status", "ok") == "ok"), None)
+        if first is None and len(result.df):
+            first = result.df.iloc[0]
+        self.select(first["key"])
+
+    def _make_axis_controls(self, x, y):
+        """`x_axis` and `y_axis` (preferred axes if swept, else the first swept columns) and
+        `fixed`: a slider (numbers) or dropdown (text) per swept column."""
+        df, swept = self.result.df, self.swept
         preferred = [c for c in PREFERRED_AXES if c in swept] + [c for c in swept if c not in PREFERRED_AXES]
         x = x or (preferred[0] if preferred else None)
         # a y axis only where it varies for one x (a model comparison whose strength goes with the
@@ -312,7 +350,7 @@ class Explorer(widgets.VBox):
         for column in swept:
             values = axis_values(df[column])
             labelled = [(format_value(v), i) for i, v in enumerate(values)]
-            numeric = all(isinstance(_plain(v), numbers.Real) and not _is_null(v) for v in values)
+            numeric = all(isinstance(_plain(v), numbers.Real) and not is_null(v) for v in values)
             control = (widgets.SelectionSlider if numeric else widgets.Dropdown)(
                 options=labelled, value=0, description=column, continuous_update=False,
                 style={"description_width": "initial"}, layout=widgets.Layout(max_width="360px"),
@@ -322,7 +360,9 @@ class Explorer(widgets.VBox):
             self.fixed[column] = control
         self.fixed_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
 
-        # 3. grid and details; every image has a set on-screen size, whatever its pixel size
+    def _make_grid_and_details(self):
+        """The (empty) `grid` and the details column: selected and init image, `params`, `metrics`;
+        and the `code` tab."""
         self.grid = widgets.GridBox(layout=widgets.Layout(grid_gap="4px", align_items="center", width="100%"))
         self.cells: list = []
         self._headers: list = []
@@ -353,7 +393,10 @@ class Explorer(widgets.VBox):
         ], layout=widgets.Layout(flex="1 1 0%", min_width=DETAIL_MIN_WIDTH, overflow="hidden"))
         self.details.add_class(CSS["details"])
 
-        # 4. sort and filter: the ranked list shares a Tab with the grid, so it adds no height
+    def _make_ranking(self):
+        """`sort_by`, `ascending`, `query`, `message` and the `ranked` list; the `tabs` holding the
+        grid, the ranked list and the code; every control's callback."""
+        df, swept = self.result.df, self.swept
         metric_columns = [c for c in df.columns if is_metric_column(c)]
         # what a ranking is for: the swept values, the metrics, and how each cell ran (not file names or keys)
         sortable = list(dict.fromkeys(
@@ -382,20 +425,6 @@ class Explorer(widgets.VBox):
                                 titles=("grid", "ranked list", "code"),
                                 layout=widgets.Layout(flex="0 1 auto", min_width="0", max_width="100%"))
         self.tabs.add_class(CSS["tabs"])
-
-        super().__init__([
-            widgets.HBox([self.x_axis, self.y_axis, self.fixed_box], layout=widgets.Layout(flex_flow="row wrap")),
-            self.message,
-            widgets.HBox([self.tabs, self.details],
-                         layout=widgets.Layout(width="100%", align_items="flex-start", grid_gap="8px")),
-        ], layout=widgets.Layout(width="100%", max_width=MAX_WIDTH))
-        self.add_class(CSS["root"])
-        self._on_axes()
-        self._update_ranked()
-        first = next((row for row in self._layout.cells.values() if row.get("status", "ok") == "ok"), None)
-        if first is None and len(df):
-            first = df.iloc[0]
-        self.select(first["key"])
 
     # -- reading the state
 
@@ -448,7 +477,7 @@ class Explorer(widgets.VBox):
         newly_fixed = [c for c in self._axes if c is not None and c not in (self.x, self.y)]
         self._axes = (self.x, self.y)
         if self.selected is not None:
-            row = self.result._row(self.selected)
+            row = self.result.row(self.selected)
             with self._quietly():
                 for column in newly_fixed:
                     control = self.fixed[column]
@@ -485,8 +514,6 @@ class Explorer(widgets.VBox):
         return df
 
     def _update_grid(self):
-        from types import SimpleNamespace
-
         df = self._layout_rows()
         x, y = self.x, self.y
         if df.empty:  # a sparse sweep without this combination of fixed values
@@ -534,7 +561,7 @@ class Explorer(widgets.VBox):
         if column is None:
             return ""
         text = format_value(value)
-        full = "None" if _is_null(value) else str(_plain(value))
+        full = "None" if is_null(value) else str(_plain(value))
         return (f"<span title='{html.escape(column, quote=True)} = {html.escape(full, quote=True)}'>"
                 f"{html.escape(text)}</span>")
 
@@ -602,11 +629,12 @@ class Explorer(widgets.VBox):
         # message to the frontend, and no callback acts on the intermediate values.
         with self._quietly(), self.ranked.hold_sync():
             self.ranked.options = options
+            self._ranked_keys = [key for _, key in options]
             self._sync_ranked()
         self._update_message()
 
     def _sync_ranked(self):
-        keys = self.ranked._options_values
+        keys = self._ranked_keys
         index = keys.index(self.selected) if self.selected in keys else None
         if self.ranked.index != index:
             with self._quietly():
@@ -620,7 +648,7 @@ class Explorer(widgets.VBox):
         """The ranking summary, and where the selected image is when it is not in view."""
         note = ""
         if self.selected is not None:
-            row = self.result._row(self.selected)
+            row = self.result.row(self.selected)
             if self.selected not in set(self._rows_shown["key"]):
                 note = f"the selected image ({self._describe(row)}) is hidden by the filter"
             elif hasattr(self, "_n_cells") and self.selected not in self.visible_keys():
@@ -633,7 +661,7 @@ class Explorer(widgets.VBox):
     def select(self, key):
         """Show one cell (content key) in the detail view: image, init image, parameters, metrics, code."""
         result = self.result
-        row = result._row(key)
+        row = result.row(key)
         self.selected = row["key"]
         image, reason = cell_image(result, row)
         self.detail_image.value = _png_bytes(image, _DETAIL_PIXELS) if image is not None else self._placeholder(reason)
@@ -654,6 +682,21 @@ class Explorer(widgets.VBox):
         self._update_message()
 
 
+def _explorable_columns(result, x, y, thumb) -> list:
+    """The swept columns of a result `explore` can show, with ``x``, ``y`` and ``thumb`` checked."""
+    if isinstance(thumb, bool) or not isinstance(thumb, int) or thumb < 16:
+        raise ValidationError(f"`thumb` must be an int >= 16 (pixels), got {thumb!r}")
+    if result.df.empty:
+        raise ValidationError(f"`result` has no rows to explore ({result.out_dir})")
+    swept = list(result.swept)
+    for name, column in (("x", x), ("y", y)):
+        if column is not None and column not in swept:
+            raise ValidationError(f"`{name}` must be a swept column, got {column!r}; swept columns: {swept}")
+    if x is not None and x == y:
+        raise ValidationError(f"`x` and `y` must differ, both are {x!r}")
+    return swept
+
+
 def _position(values, value):
     """Index of `value` among a control's values (None, NaN and numpy scalars compared by `norm_value`)."""
     wanted = norm_value(value)
@@ -663,16 +706,16 @@ def _position(values, value):
 def _params_html(result, row, swept) -> str:
     """The selected row's parameters, one a line: what the image is of and what the sweep varies
     first; constant parameters and run bookkeeping folded behind `<details>` with their count."""
-    columns = [c for c in result.df.columns if c not in BOOKKEEPING_COLUMNS and not is_metric_column(c)]
+    columns = parameter_columns(result.df)
     shown = [c for c in columns if c in _ALWAYS_SHOWN or c in swept]
     pairs = [(c, _value_text(row[c])) for c in shown]
     if "effective_steps" in row.index:
         pairs.append(("effective_steps", _value_text(row["effective_steps"])))
     status = row.get("status", "ok")
-    if not _is_null(status) and status not in ("ok", ""):
+    if not is_null(status) and status not in ("ok", ""):
         pairs += [(c, _value_text(row[c])) for c in ("status", "error") if c in row.index]
     constant = [(c, _value_text(row[c])) for c in columns if c not in shown]
-    run = [(c, _value_text(row[c])) for c in _RUN_DETAILS if c in row.index and not _is_null(row[c])]
+    run = [(c, _value_text(row[c])) for c in _RUN_DETAILS if c in row.index and not is_null(row[c])]
     return (_table_html(pairs, CSS["params"])
             + _folded_html(f"{len(constant)} constant parameter{'s' if len(constant) != 1 else ''}",
                            constant, "img2img-lab-constant")
@@ -687,13 +730,11 @@ def _determined(df, axes: list, column: str) -> bool:
 
 def _sort_key(value):
     value = _plain(value)
-    return value if isinstance(value, (numbers.Number, str)) or _is_null(value) else repr(value)
+    return value if isinstance(value, (numbers.Number, str)) or is_null(value) else repr(value)
 
 
 def _one_row_layout(df, x):
     """A grid with one row (no y axis), as `grid_layout` would give it."""
-    from .grid import GridLayout
-
     x_values = axis_values(df[x])
     index = {norm_value(v): i for i, v in enumerate(x_values)}
     cells = {}

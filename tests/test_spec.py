@@ -112,10 +112,11 @@ def test_what_a_path_and_a_hub_id_look_like(text, path, hub):
 
 
 def test_metric_columns_have_one_definition():
-    from img2img_lab import grid, metrics, result
+    from img2img_lab import metrics, plots, result
     from img2img_lab.vocab import METRIC_NAMES, is_metric_column
 
-    assert metrics.METRIC_NAMES is METRIC_NAMES and grid.is_metric_column is is_metric_column
+    assert metrics.METRIC_NAMES is METRIC_NAMES
+    assert result.is_metric_column is is_metric_column and plots.is_metric_column is is_metric_column
     assert all(is_metric_column(c) for c in (*METRIC_NAMES, "metric_sharpness"))
     assert not any(is_metric_column(c) for c in ("strength", "seconds", "metrics", 3))
     import pandas as pd
