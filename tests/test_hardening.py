@@ -217,6 +217,13 @@ def test_the_vae_factor_is_the_models_own(tmp_path, no_cell_runs):
     with pytest.raises(ValidationError, match=r"^`height` must be a multiple of 4 for StableDiffusionUpscalePipeline "
                                               r"\(model 'tiny/sd-x4-upscaler'\), got 62 \(use 60 or 64\)$"):
         lab.run_sweep(spec, tmp_path / "out", pipe=upscaler, progress=False)
+    # Kandinsky 2.2: the MoVQ factor (8) times its UNet's downsampling (2 in the tiny twin), or the
+    # UNet fails on an odd latent size
+    kandinsky = lab.load_pipeline("tiny/kandinsky22")
+    spec = SweepSpec.from_dict({**GOOD, "model": "tiny/kandinsky22", "width": 56, "prior_num_inference_steps": 2})
+    with pytest.raises(ValidationError, match=r"^`width` must be a multiple of 16 for KandinskyV22Img2ImgCombinedPipeline "
+                                              r"\(model 'tiny/kandinsky22'\), got 56 \(use 48 or 64\)$"):
+        lab.run_sweep(spec, tmp_path / "kandinsky", pipe=kandinsky, progress=False)
 
 
 def test_size_multiple_reads_the_pipelines_image_processor():

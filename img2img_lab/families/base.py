@@ -13,7 +13,8 @@ img2img_lab knows about it, in five parts:
    keywords a spec may set (`call_pipelines`), the call arguments that hold a picture to load and
    size like the init image (`picture_args`), the compel encoding of its prompts
    (`prompt_encoding`), whether its output may stay latent for the next stage of a chain
-   (`takes_latents`) and whether it has a text-to-image relative (`text2img`);
+   (`takes_latents`), whether it has a text-to-image relative (`text2img`) and the multiple its
+   sizes must be (`size_multiple`);
 5. **per-step batching pieces**: a `StepBatching` that `batched.py` drives, or None with the
    reason its cells run one call each (`batching`, `batching_reason`).
 
@@ -196,6 +197,22 @@ class Family:
         )
 
     # --- 4. knobs -----------------------------------------------------------------------------
+
+    def size_multiple(self, pipe) -> int | None:
+        """The multiple a call's `height`/`width` must be for `pipe` to give exactly that size.
+
+        The default: the factor its image processor rounds every size down to (the VAE's
+        `vae_scale_factor`: 8 for Stable Diffusion and SDXL, 4 for the x4 upscaler), read from
+        `pipe` or, for a combined pipeline, from its `decoder_pipe`; None when it has none.
+        """
+        decoder = getattr(pipe, "decoder_pipe", None) or pipe
+        processor = getattr(decoder, "image_processor", None)
+        factor = getattr(getattr(processor, "config", None), "vae_scale_factor", None)
+        if factor is None:
+            factor = getattr(decoder, "vae_scale_factor", None)
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor <= 1:
+            return None
+        return factor
 
     def takes_latents(self, class_name: str) -> bool:
         """Whether a `class_name` pipeline takes latents of its own VAE as `image`."""

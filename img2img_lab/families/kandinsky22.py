@@ -223,5 +223,15 @@ class Kandinsky22(Family):
     def prompt_encoding(self, pipe) -> str | None:
         return None  # its text encoder is the prior's, a CLIP projection compel can't weight
 
+    def size_multiple(self, pipe) -> int | None:
+        """The MoVQ factor times the UNet's downsampling: its resnet up-blocks double the latent
+        size and can't match an odd one (64 px for the real decoder, 16 for the tiny twin)."""
+        factor = super().size_multiple(pipe)
+        unet = getattr(pipe, "unet", None) or getattr(getattr(pipe, "decoder_pipe", None), "unet", None)
+        blocks = getattr(getattr(unet, "config", None), "block_out_channels", None)
+        if factor is None or not isinstance(blocks, (list, tuple)) or not blocks:
+            return factor
+        return factor * 2 ** (len(blocks) - 1)
+
 
 FAMILY = Kandinsky22()
