@@ -33,8 +33,10 @@ import pandas as pd
 from PIL import Image
 
 from .errors import ValidationError
+from .store import SweepStore
 from .torchutil import resolve_device
 from .vocab import METRIC_NAMES, MODEL_METRICS, PIXEL_METRICS, looks_like_path
+
 DEFAULT_METRICS = PIXEL_METRICS
 CLIP_MODEL_ENV = "IMG2IMG_LAB_CLIP_MODEL"
 LPIPS_NETS = ("alex", "vgg", "squeeze")  # the nets of the `lpips` package
@@ -245,10 +247,6 @@ def _lpips_scorer(metric: str, lpips_model, clip_model, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# storing
-
-
-# ----------------------------------------------------------------------------------------------
 # the public entry point
 
 
@@ -291,8 +289,6 @@ def add_metrics(
         >>> result = lab.add_metrics(result, ["clip_score"], clip_model="openai/clip-vit-base-patch32")
         >>> result.df[["strength", "ssim", "clip_score"]]
     """
-    from tqdm.auto import tqdm
-
     # 1. validate the metric names and arguments
     requested = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [m for m in requested if m not in METRIC_NAMES]
@@ -303,26 +299,52 @@ def add_metrics(
     clip_model = clip_model or os.environ.get(CLIP_MODEL_ENV) or None
 
     # 2. load the models now, so a missing one fails before anything is computed
-    model_metrics = [m for m in requested if m in MODEL_METRICS]
-    torch_device = _device(device) if model_metrics else None
-    clip_scorer = None
+    scorers = _model_scorers(requested, clip_model, lpips_model, device)
+    columns = [m for m in requested if m in PIXEL_METRICS]
+    columns += [c for c in scorers if c not in columns]
+
+    # 3. which cells need a value
+    df, need = _cells_to_compute(result.df, columns, overwrite)
+
+    # 4. compute, a batch of rows at a time
+    values = _compute(result, df, need, scorers, batch_size=batch_size, progress=progress)
+    for column in columns:
+        df[column] = values[column]
+
+    # 5. store with the sweep, and which model computed each model column
+    store = SweepStore(result.out_dir)
+    store.write_table(df)
+    used = {column: {"model": str(scorer.name)} for column, scorer in scorers.items()}
+    metrics_meta = {**result.meta.get("metrics", {}), **used}
+    meta = {**result.meta, **store.update_meta(metrics=metrics_meta)}
+    return dataclasses.replace(result, df=df, meta=meta)
+
+
+def _model_scorers(requested: list, clip_model, lpips_model, device) -> dict:
+    """``{column: scorer}`` for the requested model metrics (``clip_score`` first, then the LPIPS
+    column each LPIPS metric computes), their models loaded; a `ValidationError` for a missing one."""
+    if not any(m in MODEL_METRICS for m in requested):
+        return {}
+    torch_device = _device(device)
+    scorers = {}
     if "clip_score" in requested:
         if clip_model is None:
             raise ValidationError(
                 f"metric 'clip_score' needs `clip_model` (a hub id or local CLIP folder) or ${CLIP_MODEL_ENV}"
             )
-        clip_scorer = _ClipScorer(clip_model, torch_device)
-    lpips_scorers = {}  # column -> scorer
+        scorers["clip_score"] = _ClipScorer(clip_model, torch_device)
     for metric in ("lpips", "lpips_clip"):
         if metric in requested:
             scorer = _lpips_scorer(metric, lpips_model, clip_model, torch_device)
-            lpips_scorers[scorer.column] = scorer
-    columns = [m for m in requested if m in PIXEL_METRICS]
-    columns += ["clip_score"] if clip_scorer else []
-    columns += [c for c in lpips_scorers if c not in columns]
+            scorers[scorer.column] = scorer
+    return scorers
 
-    # 3. which cells need a value
-    df = result.df.copy()
+
+def _cells_to_compute(df: pd.DataFrame, columns: list, overwrite: bool) -> tuple[pd.DataFrame, dict]:
+    """A copy of ``df`` with each metric column as floats (NaN for rows that did not run "ok"),
+    and per column the rows that need a value: the ok rows without one (all ok rows with
+    ``overwrite``)."""
+    df = df.copy()
     ok = (df["status"] == "ok").to_numpy() if "status" in df.columns else np.ones(len(df), dtype=bool)
     need = {}
     for column in columns:
@@ -331,10 +353,16 @@ def add_metrics(
         df[column] = df[column].astype("float64")
         df.loc[~ok, column] = np.nan
         need[column] = ok & (df[column].isna().to_numpy() | overwrite)
-    todo = np.flatnonzero(np.logical_or.reduce([need[c] for c in columns]))
+    return df, need
 
-    # 4. compute, a batch of rows at a time
-    values = {c: df[c].to_numpy(copy=True) for c in columns}
+
+def _compute(result, df: pd.DataFrame, need: dict, scorers: dict, *, batch_size: int, progress: bool) -> dict:
+    """``{column: values}``: ``df``'s metric columns with the needed cells computed, reading the
+    images a batch of rows at a time (warns about ok rows whose image file is gone)."""
+    from tqdm.auto import tqdm
+
+    values = {c: df[c].to_numpy(copy=True) for c in need}
+    todo = np.flatnonzero(np.logical_or.reduce(list(need.values())))
     init_cache: dict = {}
     no_image = 0
     bar = tqdm(total=len(todo), desc="metrics", disable=not progress or len(todo) == 0)  # no empty bar
@@ -347,39 +375,32 @@ def add_metrics(
                 no_image += 1
                 continue
             batch.append((pos, _init_for(result, row, output.size, init_cache), output))
-        for column in columns:
+        for column, out in values.items():
             rows = [(p, i, o) for p, i, o in batch if need[column][p]]
-            if column in PIXEL_METRICS:
-                for pos, init, output in rows:
-                    if init is not None:
-                        values[column][pos] = _PIXEL_FUNCTIONS[column](np.asarray(init), np.asarray(output))
-            elif column == "clip_score":
-                rows = [(p, o, str(df["prompt"].iloc[p])) for p, _, o in rows if _has_prompt(df, p)]
-                if rows:
-                    scores = clip_scorer([o for _, o, _ in rows], [t for _, _, t in rows])
-                    values[column][[p for p, _, _ in rows]] = scores
-            else:  # an LPIPS column
-                rows = [(p, i, o) for p, i, o in rows if i is not None]
-                if rows:
-                    scores = lpips_scorers[column]([i for _, i, _ in rows], [o for _, _, o in rows])
-                    values[column][[p for p, _, _ in rows]] = scores
+            _score(column, rows, df, out, scorers.get(column))
         bar.update(len(todo[start : start + batch_size]))
     bar.close()
     if no_image:
         warnings.warn(f"{no_image} rows with status 'ok' have no image file in {result.out_dir}; their metrics stay NaN")
-    for column in columns:
-        df[column] = values[column]
+    return values
 
-    # 5. store with the sweep
-    from .store import SweepStore
 
-    store = SweepStore(result.out_dir)
-    store.write_table(df)
-    used = {"clip_score": clip_model} if clip_scorer else {}
-    used.update({c: s.name for c, s in lpips_scorers.items()})
-    metrics_meta = {**result.meta.get("metrics", {}), **{c: {"model": str(m)} for c, m in used.items()}}
-    meta = {**result.meta, **store.update_meta(metrics=metrics_meta)}
-    return dataclasses.replace(result, df=df, meta=meta)
+def _score(column: str, rows: list, df: pd.DataFrame, out: np.ndarray, scorer) -> None:
+    """Write ``column``'s value for each ``(position, init, output)`` of ``rows`` into ``out``: a
+    pixel metric pair by pair, ``clip_score`` for the rows with a prompt, an LPIPS column for the
+    rows with an init image (a model column in one forward pass of ``scorer``)."""
+    if column in PIXEL_METRICS:
+        for pos, init, output in rows:
+            if init is not None:
+                out[pos] = _PIXEL_FUNCTIONS[column](np.asarray(init), np.asarray(output))
+    elif column == "clip_score":
+        rows = [(p, o, str(df["prompt"].iloc[p])) for p, _, o in rows if _has_prompt(df, p)]
+        if rows:
+            out[[p for p, _, _ in rows]] = scorer([o for _, o, _ in rows], [t for _, _, t in rows])
+    else:  # an LPIPS column
+        rows = [(p, i, o) for p, i, o in rows if i is not None]
+        if rows:
+            out[[p for p, _, _ in rows]] = scorer([i for _, i, _ in rows], [o for _, _, o in rows])
 
 
 def _has_prompt(df: pd.DataFrame, pos: int) -> bool:
