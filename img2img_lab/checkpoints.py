@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from .errors import ValidationError
+from .vocab import DTYPES
 
 __all__ = ["save_single_file", "pipeline_to_original_state_dict"]
 
@@ -300,11 +301,9 @@ def save_single_file(pipe, path, *, dtype=None, metadata: dict | None = None) ->
     if path.suffix.lower() != ".safetensors":
         raise ValidationError(f"`path` must end in .safetensors (pickle checkpoints are not written), got {str(path)!r}")
     if dtype is not None and not isinstance(dtype, torch.dtype):
-        names = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
-        if str(dtype) not in names:
+        if str(dtype) not in DTYPES:
             raise ValidationError(f"`dtype` must be float16, bfloat16 or float32, got {dtype!r}")
-        dtype = names[str(dtype)]
+        dtype = getattr(torch, DTYPES[str(dtype)])
     state = pipeline_to_original_state_dict(pipe)
     tensors = {}
     for key, value in state.items():
