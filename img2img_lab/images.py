@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ValidationError
+from .vocab import is_url
 
 # Offline sample pictures shipped with scikit-image (no network needed).
 SAMPLES = {
@@ -126,7 +127,7 @@ def load_image(src, size=None) -> Image.Image:
         text = os.fspath(src)
         if text in SAMPLES:
             image = sample_image(text)
-        elif text.startswith(("http://", "https://")):
+        elif is_url(text):
             from diffusers.utils import load_image as diffusers_load_image
 
             try:

@@ -29,7 +29,7 @@ from .store import SweepStore
 from .spec import SweepSpec, tiny_size_note
 from .torchutil import free_memory, generator, is_nan_image, is_out_of_memory, resolve_device
 from .validation import check_sizes
-from .vocab import ERROR, NAN, OK, effective_steps, is_tiny
+from .vocab import ERROR, NAN, OK, effective_steps, is_tiny, is_url
 
 
 @dataclass
@@ -161,7 +161,7 @@ def _load_init_image(source, model, notes: list):
     try:
         return load_image(source), source
     except ValidationError:
-        offline_url = isinstance(source, str) and source.startswith(("http://", "https://"))
+        offline_url = is_url(source)
         if not (offline_url and is_tiny(str(model))):
             raise
     notes.append(f"`image` {source!r} could not be fetched (offline?): the random-weight {model} runs on "

@@ -142,6 +142,11 @@ def is_tiny(model) -> bool:
     return isinstance(model, str) and model.startswith(TINY_PREFIX)
 
 
+def is_url(text) -> bool:
+    """Whether `text` is an `http(s)://` URL (an init image to download)."""
+    return isinstance(text, str) and text.startswith(("http://", "https://"))
+
+
 def looks_like_hub_id(text) -> bool:
     """Whether `text` has the form of a Hugging Face Hub repo id, `owner/name`."""
     return isinstance(text, str) and bool(HUB_ID.match(text))
