@@ -21,9 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .control import prepare_control_image
 from .errors import ValidationError
 from .families import family_of
-from .loop import Outcome, Progress, Todo, error_text, resolve_exact, run_cells
+from .images import image_hash, load_image
+from .loaders import (denoiser_name, load_pipeline, quiet_call, resolve_dtype, set_scheduler, user_stacklevel,
+                      validate_options)
+from .loop import Outcome, Progress, Todo, distributed_state, error_text, resolve_exact, run_cells
+from .prompts import weighted_call
 from .result import SweepResult
 from .store import SweepStore
 from .spec import SweepSpec, tiny_size_note
@@ -84,7 +89,6 @@ def _scheduler(pipe, name):
     if name is None:
         yield
         return
-    from .loaders import set_scheduler
 
     original = pipe.scheduler
     set_scheduler(pipe, name)
@@ -100,8 +104,6 @@ def run_cell(pipe, call: dict, seed: int):
     The output is taken as a float array (`output_type="np"`) so NaN can be detected, then
     converted with the pipeline's own `numpy_to_pil`, which is what `output_type="pil"` does.
     """
-    from .loaders import quiet_call
-
     with quiet_call():
         out = pipe(**call, generator=generator(seed), output_type="np")
     array = out.images[0]
@@ -129,8 +131,6 @@ def step_callback(pipe, on_step) -> dict:
 def _pipe_row(pipe, model_label: str) -> dict:
     import torch
 
-    from .loaders import denoiser_name
-
     denoiser = getattr(pipe, denoiser_name(pipe), None)
     dtype = getattr(denoiser, "dtype", None) if denoiser is not None else None
     device = getattr(pipe, "device", None)
@@ -156,8 +156,6 @@ def _load_init_image(source, model, notes: list):
     stood in for the URL (the row records that name, so its snippet loads the very same picture);
     a stand-in adds its one-line notice to `notes`.
     """
-    from .images import load_image
-
     try:
         return load_image(source), source
     except ValidationError:
@@ -187,10 +185,7 @@ def _run_dtype(spec, pipe) -> str:
     (float16 on CUDA, float32 elsewhere). It is part of every content key, so a sweep resumed on
     another kind of machine never mixes float16 and float32 images under one key."""
     if pipe is not None:
-        from .loaders import denoiser_name
-
         return str(getattr(pipe, denoiser_name(pipe)).dtype).replace("torch.", "")
-    from .loaders import resolve_dtype
 
     dtype = resolve_dtype(spec.options.get("dtype"), resolve_device(spec.options.get("device")))
     return str(dtype).replace("torch.", "")
@@ -202,8 +197,6 @@ def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> 
     What the user should know about the run (tiny models at a small size, a stand-in picture)
     goes into `notes`, one line each, for `run_sweep` to say once.
     """
-    from .images import image_hash
-
     notes = [] if notes is None else notes
     size_note = tiny_size_note(spec)
     if size_note:
@@ -272,8 +265,6 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
         raise ValidationError(f"`max_batch_size` must be an int >= 1, got {max_batch_size!r}")
     exact = resolve_exact(exact, getattr(spec, "exact", False))
     if pipe is None:
-        from .loaders import validate_options
-
         validate_options(dict(spec.options))  # device/dtype/offload checks before any cell runs
     else:
         _check_pipe_matches(pipe, spec)
@@ -314,9 +305,6 @@ class SpecExecutor:
         return groups
 
     def run(self, todo: list[Todo], progress: Progress):
-        from .loaders import load_pipeline
-        from .loop import distributed_state
-
         state = distributed_state()
         if state.num_processes > 1 and "device" not in self.options:
             self.options["device"] = str(state.device)  # one device per process
@@ -385,8 +373,6 @@ def warn_long_texts(pipe, texts, said: set | None = None,
                     hint: str = "set `compel: true` to encode long prompts in chunks") -> None:
     """`warn_long_prompts` for `(name, text)` pairs: one line per text `pipe` will cut, pointing
     at the user's call."""
-    from .loaders import user_stacklevel
-
     if (getattr(pipe, "img2img_lab_info", None) or {}).get("kind") == "tiny":
         return  # the tiny models' byte-level tokenizer counts characters: its count says nothing of the real model's
     tokenizers = [t for t in (getattr(pipe, n, None) for n in ("tokenizer", "tokenizer_2", "prior_tokenizer"))
@@ -434,16 +420,12 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
         call.pop("strength", None)
     for name in family_of(pipe).picture_args:  # the family's picture arguments, e.g. a ControlNet's control_image
         if call.get(name) is not None:
-            from .control import prepare_control_image
-
             key = (name, repr(call[name]), image.size)
             if key not in shared:  # loaded, and sized like the init image
                 shared[key] = prepare_control_image(call[name], image.size)
             call[name] = shared[key]
     call["image"] = image
     if prepared.cell.compel:
-        from .prompts import weighted_call
-
         call = weighted_call(pipe, call)  # prompt texts -> compel embeddings (the row keeps the text)
     return call
 
@@ -454,15 +436,13 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
 
     `progress` hears of every denoising step (batched or not) and of each batch's start.
     """
-    from .loaders import quiet_call
-
     check_call_keys(pipe, cells)
     warn_long_prompts(pipe, cells, said)
     shared: dict = {}
     calls = {id(p): call_for(pipe, p, shared) for p in cells}
     direct = cells
     if batched:
-        from . import batched as engine
+        from . import batched as engine  # imports torch: only when a sweep runs batched
 
         batchable = [p for p in cells if engine.can_batch(pipe, {**calls[id(p)], "generator": generator(0)})]
         direct = [p for p in cells if not any(p is b for b in batchable)]
