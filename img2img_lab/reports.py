@@ -34,6 +34,9 @@ from typing import Any, Mapping
 
 from . import vocab
 from .errors import ReportError, ValidationError
+from .htmlexport import export_html, widget_js_dir
+from .loaders import validate_options
+from .spec import AXES, SweepSpec, check_value, known_keys, option_names, tiny_size_note
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout (holds sweeps/, notebooks/), when it is one
 CHECKOUT_NOTEBOOKS = REPO_ROOT / "notebooks"  # the notebooks' one source, in a checkout or an editable install
@@ -183,8 +186,6 @@ class NotebookParameters:
     @property
     def load_options(self) -> dict:
         """The `load_pipeline` options among the parameters (offload, attention, compile, ...)."""
-        from .spec import option_names
-
         return {k: v for k, v in self.values.items() if k in option_names()}
 
     def sweep_spec(self):
@@ -201,8 +202,6 @@ class NotebookParameters:
             >>> spec = params.sweep_spec()
         """
         import yaml
-
-        from .spec import SweepSpec, known_keys
 
         # 1. the spec file's keys, only those it sets (its unset keys take the notebook's defaults)
         base: dict = {}
@@ -287,13 +286,9 @@ def _history(namespace) -> tuple[list[str] | None, list[str]]:
 
 
 def _check_value(name, value) -> None:
-    from .spec import check_value, known_keys, option_names
-
     if name in known_keys():
         check_value(name, value)
     if name in option_names() and value is not None:
-        from .loaders import validate_options
-
         validate_options({name: value})
 
 
@@ -323,8 +318,6 @@ def check_parameters(
         >>> params = check_parameters(globals())       # papermill nb.ipynb out.ipynb -p strenght 0.5
         ValidationError: unknown notebook parameter `strenght`=0.5 (did you mean 'strength'?) ...
     """
-    from .spec import known_keys
-
     # 1. which names were declared and which passed in
     history_declared, injected = _history(namespace)
     names = list(declared) if declared is not None else (history_declared or [])
@@ -356,8 +349,6 @@ def check_parameters(
 
 def _without_unset(keys: Mapping[str, Any]) -> dict:
     """Drop call keywords and loading options set to None: None there means "the default"."""
-    from .spec import AXES
-
     return {k: v for k, v in keys.items() if v is not None or k in AXES or k == "name"}
 
 
@@ -372,8 +363,6 @@ def notebook_spec(**keys):
         >>> spec.params, spec.options
         ({}, {})
     """
-    from .spec import SweepSpec
-
     return SweepSpec.from_dict(_without_unset(keys))
 
 
@@ -448,8 +437,6 @@ def _declared_parameters(path: Path) -> set[str]:
 
 def _report_parameters(spec_or_path, out_dir: Path, notebook: Path, overrides: dict) -> dict:
     """Validate the spec and the overrides; the flat parameters to inject."""
-    from .spec import SweepSpec, known_keys
-
     if isinstance(spec_or_path, SweepSpec):
         spec = spec_or_path
     elif isinstance(spec_or_path, Mapping):
@@ -523,8 +510,6 @@ def report(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from .spec import SweepSpec, known_keys, tiny_size_note
-
     # 1. validate everything before a kernel starts
     path = notebook_path(notebook)
     out = Path(out_dir).expanduser().resolve()
@@ -533,8 +518,6 @@ def report(
     if note:
         print(note)  # the executed notebook says it too, where the sweep runs
     if html and offline_html:
-        from .htmlexport import widget_js_dir
-
         js_dir = widget_js_dir(js_dir)  # fetched now if missing: no failure after the sweep ran
     out.mkdir(parents=True, exist_ok=True)
     executed = out / "report.ipynb"
@@ -598,8 +581,6 @@ class _SpecKeysAreKnown(logging.Filter):
     """Drop papermill's "Passed unknown parameter" warning for spec keys: the notebook takes them all."""
 
     def filter(self, record) -> bool:
-        from .spec import known_keys
-
         message = record.getMessage()
         prefix = "Passed unknown parameter: "
         return not (message.startswith(prefix) and message[len(prefix):] in known_keys())
@@ -608,6 +589,4 @@ class _SpecKeysAreKnown(logging.Filter):
 def export_report_html(notebook, html_path, *, offline: bool = True, js_dir=None) -> Path:
     """Write an executed notebook as standalone HTML whose widgets render from the stored state
     (`img2img_lab.htmlexport.export_html`: offline by default, the widget JavaScript beside it)."""
-    from .htmlexport import export_html
-
     return export_html(notebook, html_path, offline=offline, js_dir=js_dir)

@@ -30,6 +30,7 @@ import pandas as pd
 from PIL import Image, PngImagePlugin
 
 from .errors import StoreError, ValidationError
+from .spec import SweepSpec
 
 TABLE = "results.parquet"
 META = "meta.json"
@@ -332,6 +333,4 @@ class SweepStore:
         path = self.root / SPEC
         if not path.exists():
             return None
-        from .spec import SweepSpec
-
         return SweepSpec.from_yaml(path)
