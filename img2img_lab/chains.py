@@ -396,8 +396,11 @@ def _validate(chain: Chain) -> None:
         if "image" in stage.kwargs and chain.image is not None:
             raise ValidationError(f"{where}: give the init image once, as `image` of the chain or of stage 1")
         for key, value in stage.kwargs.items():
-            if key in known_keys() and key not in RESERVED and key != "image":
-                check_value(key, [value])  # one value (a list is one list-valued setting): finite, in bounds
+            picture = hasattr(value, "shape") or (hasattr(value, "size") and hasattr(value, "mode"))
+            if key in known_keys() and key not in RESERVED and key != "image" and not picture:
+                # one value (a list is one list-valued setting): finite, in bounds. Pictures (a PIL
+                # control image, a latent tensor) are call arguments a chain may hold as they are.
+                check_value(key, [value])
     first = chain.stages[0]
     if first.task != "text2img" and chain.image is None and "image" not in first.kwargs:
         raise ValidationError(

@@ -347,11 +347,11 @@ def test_a_cell_that_always_runs_out_of_memory_is_recorded(tmp_path, monkeypatch
     if batched:
         run_batch = engine._run_batch
 
-        def tight_memory(pipe, cells, *args, **kwargs):
+        def tight_memory(pipe, pieces, cells, *args, **kwargs):
             sizes.append(len(cells))
             if any((c.call["strength"], c.call["guidance_scale"]) == bad for c in cells):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-            return run_batch(pipe, cells, *args, **kwargs)
+            return run_batch(pipe, pieces, cells, *args, **kwargs)
 
         monkeypatch.setattr(engine, "_run_batch", tight_memory)
     else:
