@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from .errors import ValidationError
 from .result import parameter_columns
 from .values import LABEL_CHARS, format_value, is_null, norm_value
+from .vocab import OK
 
 BACKGROUND = (255, 255, 255)
 PLACEHOLDER_FILL = (200, 200, 200)
@@ -300,7 +301,7 @@ def grid_layout(result, x: str, y: str, z: str | None = None, where=None, *, cal
         zi = z_index[nrow[z]] if z is not None else 0
         cell = (zi, y_index[nrow[y]], x_index[nrow[x]])
         # Rows that agree on every parameter are re-runs of the same cell: prefer one that worked.
-        if cell not in cells or (cells[cell].get("status") != "ok" and row.get("status") == "ok"):
+        if cell not in cells or (cells[cell].get("status") != OK and row.get("status") == OK):
             cells[cell] = row
     return GridLayout(x, y, z, x_values, y_values, z_values, cells, df)
 
@@ -310,8 +311,8 @@ def cell_image(result, row) -> tuple[Image.Image | None, str | None]:
     (no row: the cell is not in the sweep) or "missing" (its image file is gone)."""
     if row is None:
         return None, "not run"
-    status = row.get("status", "ok")
-    if not is_null(status) and status not in ("ok", ""):
+    status = row.get("status", OK)
+    if not is_null(status) and status not in (OK, ""):
         return None, str(status) if status in ("error", "nan") else "error"
     image = result.image(row)
     return (image, None) if image is not None else (None, "missing")
@@ -370,7 +371,7 @@ def _reference_size(result, layout: GridLayout) -> tuple[int, int]:
     """(width, height) of the grid's images, read from a PNG header (nothing is decoded)."""
     for row in layout.cells.values():
         path = result.image_file(row)
-        if path is not None and path.exists() and row.get("status", "ok") == "ok":
+        if path is not None and path.exists() and row.get("status", OK) == OK:
             with Image.open(path) as im:
                 return im.size
     for rel, _ in layout.init_paths():

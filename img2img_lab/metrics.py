@@ -35,7 +35,7 @@ from PIL import Image
 from .errors import ValidationError
 from .store import SweepStore
 from .torchutil import resolve_device
-from .vocab import METRIC_NAMES, MODEL_METRICS, PIXEL_METRICS, looks_like_path
+from .vocab import METRIC_NAMES, MODEL_METRICS, OK, PIXEL_METRICS, looks_like_path
 
 DEFAULT_METRICS = PIXEL_METRICS
 CLIP_MODEL_ENV = "IMG2IMG_LAB_CLIP_MODEL"
@@ -345,7 +345,7 @@ def _cells_to_compute(df: pd.DataFrame, columns: list, overwrite: bool) -> tuple
     and per column the rows that need a value: the ok rows without one (all ok rows with
     ``overwrite``)."""
     df = df.copy()
-    ok = (df["status"] == "ok").to_numpy() if "status" in df.columns else np.ones(len(df), dtype=bool)
+    ok = (df["status"] == OK).to_numpy() if "status" in df.columns else np.ones(len(df), dtype=bool)
     need = {}
     for column in columns:
         if column not in df.columns:

@@ -9,7 +9,7 @@ import numpy as np
 from .errors import ValidationError
 from .grid import axis_values, filter_rows, value_labels
 from .values import norm_value
-from .vocab import is_metric_column
+from .vocab import OK, is_metric_column
 
 # What a higher value means, for the y-axis label.
 _READING = {
@@ -141,7 +141,7 @@ def _finite_rows(df, y: str, where):
     """The rows ``where`` selects that ran (status "ok") and have a finite ``y``; refused when none."""
     df = filter_rows(df, where)
     if "status" in df.columns:
-        df = df[df["status"] == "ok"]
+        df = df[df["status"] == OK]
     values = df[y].astype("float64")
     df = df[np.isfinite(values.to_numpy())]
     if df.empty:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .errors import ValidationError
 from .values import NONE_TEXT, format_value, norm_value
-from .vocab import METRIC_NAMES, METRIC_PREFIX, is_metric_column
+from .vocab import FAILED_STATUSES, METRIC_NAMES, METRIC_PREFIX, OK, is_metric_column
 
 # Columns that describe bookkeeping rather than a parameter the user chose.
 BOOKKEEPING_COLUMNS = frozenset(
@@ -25,7 +25,6 @@ BOOKKEEPING_COLUMNS = frozenset(
         "exact", "threads",
     }
 )
-FAILED_STATUSES = ("error", "nan")
 _THUMB = 64  # px: longest side of a row's thumbnail in the notebook table
 _HTML_ROWS = 50  # rows the notebook table shows; `df` holds them all
 _HTML_CHARS = 60  # text longer than this is shortened in the notebook table (full text on hover)
@@ -138,7 +137,7 @@ class SweepResult:
         if "status" not in self.df.columns:
             return len(self.df), 0
         status = self.df["status"]
-        return int((status == "ok").sum()), int(status.isin(FAILED_STATUSES).sum())
+        return int((status == OK).sum()), int(status.isin(FAILED_STATUSES).sum())
 
     def __repr__(self) -> str:
         done, failed = self._counts()
@@ -216,8 +215,8 @@ class SweepResult:
 
     def _thumbnail_html(self, row) -> str:
         """A row's image as an inline PNG of at most `_THUMB` px, or a grey tile naming its status."""
-        status = row.get("status", "ok")
-        ok = pd.isna(status) or status in ("ok", "")
+        status = row.get("status", OK)
+        ok = pd.isna(status) or status in (OK, "")
         path = self.image_file(row) if ok else None
         if path is not None and path.exists():
             with Image.open(path) as im:
@@ -247,7 +246,7 @@ def _status_html(row) -> str:
     if pd.isna(status):
         return NONE_TEXT
     error = row.get("error")
-    if status == "ok" or error is None or pd.isna(error) or str(error) == "":
+    if status == OK or error is None or pd.isna(error) or str(error) == "":
         return html.escape(str(status))
     short = format_value(str(error), _HTML_CHARS)
     return f"<span title='{_attr(error)}'>{html.escape(str(status))}: {html.escape(short)}</span>"

@@ -27,7 +27,7 @@ from .result import BOOKKEEPING_COLUMNS, parameter_columns
 from .runner import BATCHED_TOLERANCE
 from .validation import pipeline_call_arguments
 from .values import NONE_TEXT, format_value, is_null, norm_value
-from .vocab import SCHEDULER_NAMES, is_metric_column
+from .vocab import OK, SCHEDULER_NAMES, is_metric_column
 
 PREFERRED_AXES = ("strength", "guidance_scale")
 NO_AXIS = "(none)"  # y option for a one-row grid
@@ -325,7 +325,7 @@ class Explorer(widgets.VBox):
         self.add_class(CSS["root"])
         self._on_axes()
         self._update_ranked()
-        first = next((row for row in self._layout.cells.values() if row.get("status", "ok") == "ok"), None)
+        first = next((row for row in self._layout.cells.values() if row.get("status", OK) == OK), None)
         if first is None and len(result.df):
             first = result.df.iloc[0]
         self.select(first["key"])
@@ -623,8 +623,8 @@ class Explorer(widgets.VBox):
         options = []
         for _, row in rows.iterrows():
             parts = [f"{c}={format_value(row[c], 20)}" for c in shown_columns if c in row.index]
-            status = row.get("status", "ok")
-            options.append(("  ".join(parts) + ("" if status == "ok" else f"  [{status}]"), row["key"]))
+            status = row.get("status", OK)
+            options.append(("  ".join(parts) + ("" if status == OK else f"  [{status}]"), row["key"]))
         # New options reset the index to 0; the selection is put back by its key, in the same
         # message to the frontend, and no callback acts on the intermediate values.
         with self._quietly(), self.ranked.hold_sync():
@@ -711,8 +711,8 @@ def _params_html(result, row, swept) -> str:
     pairs = [(c, _value_text(row[c])) for c in shown]
     if "effective_steps" in row.index:
         pairs.append(("effective_steps", _value_text(row["effective_steps"])))
-    status = row.get("status", "ok")
-    if not is_null(status) and status not in ("ok", ""):
+    status = row.get("status", OK)
+    if not is_null(status) and status not in (OK, ""):
         pairs += [(c, _value_text(row[c])) for c in ("status", "error") if c in row.index]
     constant = [(c, _value_text(row[c])) for c in columns if c not in shown]
     run = [(c, _value_text(row[c])) for c in _RUN_DETAILS if c in row.index and not is_null(row[c])]
@@ -740,7 +740,7 @@ def _one_row_layout(df, x):
     cells = {}
     for _, row in df.iterrows():
         cell = (0, 0, index[norm_value(row[x])])
-        if cell not in cells or (cells[cell].get("status") != "ok" and row.get("status") == "ok"):
+        if cell not in cells or (cells[cell].get("status") != OK and row.get("status") == OK):
             cells[cell] = row
     return GridLayout(x, "__y", None, x_values, [None], [None], cells, df)
 
