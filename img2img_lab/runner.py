@@ -436,57 +436,69 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
 
     `progress` hears of every denoising step (batched or not) and of each batch's start.
     """
+    # 1. before any cell runs: every keyword is the pipeline's, long prompts are said once
     check_call_keys(pipe, cells)
     warn_long_prompts(pipe, cells, said)
+    # 2. each cell's call, derived pictures shared between cells
     shared: dict = {}
     calls = {id(p): call_for(pipe, p, shared) for p in cells}
+    # 3. batched where the engine can, one call each for the rest
     direct = cells
     if batched:
         from . import batched as engine  # imports torch: only when a sweep runs batched
 
         batchable = [p for p in cells if engine.can_batch(pipe, {**calls[id(p)], "generator": generator(0)})]
         direct = [p for p in cells if not any(p is b for b in batchable)]
-        # cells sharing a timestep grid next to each other, later starters together
-        batchable.sort(key=lambda p: (calls[id(p)]["num_inference_steps"], calls[id(p)]["image"].size,
-                                      -effective_steps(calls[id(p)])))
-        # a compiled denoiser must see one batch shape per sweep, or it recompiles
-        compiled = bool((getattr(pipe, "img2img_lab_info", None) or {}).get("options", {}).get("compile"))
-        for i in range(0, len(batchable), max_batch_size):
-            chunk = batchable[i : i + max_batch_size]  # written to disk before the next chunk runs
-            on_step = None
-            if progress is not None:
-                progress.start(label, len(chunk))
-
-                def on_step(index, step, total, chunk=chunk):
-                    progress.step(chunk[index].key, step, total)
-            with quiet_call():
-                outputs = engine.run_batched(
-                    pipe, [{**calls[id(p)], "generator": generator(p.cell.seed)} for p in chunk],
-                    max_batch_size=max_batch_size, static_shapes=compiled, on_step=on_step,
-                )
-            for p, out in zip(chunk, outputs):
-                if out.error is not None:
-                    yield p, None, ERROR, error_text(out.error), out.seconds, out.batch_size
-                else:
-                    yield p, out.image, NAN if out.nan else OK, "", out.seconds, out.batch_size
+        yield from _run_batches(engine, pipe, batchable, calls, max_batch_size, progress, label)
     for p in direct:
-        call = calls[id(p)]
-        if progress is not None:
-            progress.start(label, 1)
-            fallback = effective_steps(call)  # for pipelines that don't say their step count
+        yield _run_direct(pipe, p, calls[id(p)], progress, label)
 
-            def on_step(step, total, p=p, fallback=fallback):
-                progress.step(p.key, step, total or fallback)
-            call = {**call, **step_callback(pipe, on_step)}
-        start = time.perf_counter()
-        try:
-            image, status = run_cell(pipe, call, p.cell.seed)
-            error = ""
-        except Exception as exc:  # recorded, and the sweep goes on
-            if is_out_of_memory(exc):
-                free_memory()
-            image, status, error = None, ERROR, error_text(exc)
-        yield p, image, status, error, time.perf_counter() - start, 1
+
+def _run_batches(engine, pipe, cells: list[_Prepared], calls: dict, max_batch_size: int, progress, label: str):
+    """The batchable cells in chunks of `max_batch_size`, each chunk on disk before the next runs."""
+    # cells sharing a timestep grid next to each other, later starters together
+    cells = sorted(cells, key=lambda p: (calls[id(p)]["num_inference_steps"], calls[id(p)]["image"].size,
+                                         -effective_steps(calls[id(p)])))
+    # a compiled denoiser must see one batch shape per sweep, or it recompiles
+    compiled = bool((getattr(pipe, "img2img_lab_info", None) or {}).get("options", {}).get("compile"))
+    for i in range(0, len(cells), max_batch_size):
+        chunk = cells[i : i + max_batch_size]
+        on_step = None
+        if progress is not None:
+            progress.start(label, len(chunk))
+
+            def on_step(index, step, total, chunk=chunk):
+                progress.step(chunk[index].key, step, total)
+        with quiet_call():
+            outputs = engine.run_batched(
+                pipe, [{**calls[id(p)], "generator": generator(p.cell.seed)} for p in chunk],
+                max_batch_size=max_batch_size, static_shapes=compiled, on_step=on_step,
+            )
+        for p, out in zip(chunk, outputs):
+            if out.error is not None:
+                yield p, None, ERROR, error_text(out.error), out.seconds, out.batch_size
+            else:
+                yield p, out.image, NAN if out.nan else OK, "", out.seconds, out.batch_size
+
+
+def _run_direct(pipe, p: _Prepared, call: dict, progress, label: str) -> tuple:
+    """One cell as one pipeline call; a failure is recorded (the sweep goes on)."""
+    if progress is not None:
+        progress.start(label, 1)
+        fallback = effective_steps(call)  # for pipelines that don't say their step count
+
+        def on_step(step, total):
+            progress.step(p.key, step, total or fallback)
+        call = {**call, **step_callback(pipe, on_step)}
+    start = time.perf_counter()
+    try:
+        image, status = run_cell(pipe, call, p.cell.seed)
+        error = ""
+    except Exception as exc:  # recorded, and the sweep goes on
+        if is_out_of_memory(exc):
+            free_memory()
+        image, status, error = None, ERROR, error_text(exc)
+    return p, image, status, error, time.perf_counter() - start, 1
 
 
 def load_sweep(out_dir) -> SweepResult:
