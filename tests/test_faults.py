@@ -1,8 +1,11 @@
 """Faults: SIGKILL at random moments, concurrent writers, NaN/black outputs, out-of-memory.
 
-The kill and concurrency tests drive the real command line (`python -m img2img_lab sweep`) in
-subprocesses on the tiny model; each start costs the torch/diffusers import (seconds), so the kill
-trials run one after another in the same folder (kill, check, restart, kill again ...).
+The kill and concurrency tests drive the command line (`img2img_lab.cli.main`, what `python -m
+img2img_lab sweep` runs) in separate processes on the tiny model. The reference run is a real
+`python -m img2img_lab` subprocess; the killed and concurrent runs are forked from one warm server
+(tests/_warm_cli.py) that imported torch and diffusers once, so each start costs a fork and a model
+load, not ~8 s of imports, and the kill trials run one after another in the same folder (kill,
+check, restart, kill again ...). Both are offline and take tens of seconds: `heavy`.
 """
 
 import json
@@ -25,8 +28,10 @@ from img2img_lab import batched as engine
 from img2img_lab import runner
 from img2img_lab.store import STALE_TEMP_SECONDS, SweepStore, read_png_parameters
 
+from _warm_cli import WarmCLI
+
 # 24 cells at 64 px and 2 steps: about 0.05 s a cell on one CPU thread, so the writes take a second
-# or two after an import of ~10 s.
+# or two after the process starts.
 SPEC = """
 model: tiny/sd15
 image: astronaut
@@ -48,8 +53,12 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def _sweep_args(spec, out, *extra):
+    return ["sweep", str(spec), "--out", str(out), "--quiet", *extra]
+
+
 def _sweep_cmd(spec, out, *extra):
-    return [sys.executable, "-m", "img2img_lab", "sweep", str(spec), "--out", str(out), "--quiet", *extra]
+    return [sys.executable, "-m", "img2img_lab", *_sweep_args(spec, out, *extra)]
 
 
 def _run(spec, out, *extra):
@@ -77,6 +86,18 @@ def spec_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def warm_cli():
+    """Forks of one warm command line, with the same environment as the subprocesses."""
+    with WarmCLI(_env()) as server:
+        yield server
+
+
+def _run_warm(warm_cli, spec, out, *extra, log):
+    proc = warm_cli.start(_sweep_args(spec, out, *extra), log)
+    assert proc.wait(timeout=600) == 0, Path(log).read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
 def reference(spec_file, tmp_path_factory):
     """One uninterrupted run (same command line, same thread count): its table and pixels."""
     out = tmp_path_factory.mktemp("faults_reference")
@@ -99,14 +120,13 @@ def _entries(out: Path) -> set:
     return names
 
 
-def _start_and_kill(spec, out, extra, delay, log_file):
+def _start_and_kill(warm_cli, spec, out, extra, delay, log_file):
     """Start a sweep; once it writes its first new file, wait `delay` s and SIGKILL it.
 
     Returns the exit code of a run that finished before the kill, or None when it was killed.
     """
     before = _entries(out)
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(_sweep_cmd(spec, out, *extra), stdout=log, stderr=log, env=_env())
+    proc = warm_cli.start(_sweep_args(spec, out, *extra), log_file)
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and not (_entries(out) - before):
@@ -166,7 +186,8 @@ def _check_final(out: Path, reference, max_diff: int):
     assert pngs == sorted(ref_df["key"])
 
 
-def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_table(tmp_path, spec_file, reference):
+@pytest.mark.heavy
+def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_table(tmp_path, spec_file, warm_cli, reference):
     rng = random.Random(9)
     all_keys = set(reference[0]["key"])
     # The kill comes 0..window s after a run's first new file; the window is 40% of the time the
@@ -185,7 +206,7 @@ def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_table(tmp_path, 
         finished = False
         for _ in range(wanted):
             delay = rng.uniform(0, window)
-            rc = _start_and_kill(spec_file, out, extra, delay, tmp_path / "log.txt")
+            rc = _start_and_kill(warm_cli, spec_file, out, extra, delay, tmp_path / "log.txt")
             state = _check_folder(out, all_keys)
             history.append((name, round(delay, 3), "finished" if rc is not None else "killed", state))
             if rc is not None:
@@ -194,7 +215,7 @@ def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_table(tmp_path, 
                 break
             kills += 1
         if not finished:
-            _run(spec_file, out, *extra)  # the next run resumes and completes
+            _run_warm(warm_cli, spec_file, out, *extra, log=tmp_path / "log.txt")  # the next run resumes and completes
         _check_folder(out, all_keys)
         _check_final(out, reference, max_diff)
     print(f"kill window {window:.2f} s", *history, sep="\n")
@@ -262,17 +283,19 @@ def test_a_reader_never_misses_rows_another_process_folds_in(tmp_path, monkeypat
 # -- two writers -----------------------------------------------------------------------------------
 
 
-def test_concurrent_writers_into_one_folder_lose_no_rows(tmp_path, spec_file):
+@pytest.mark.heavy
+def test_concurrent_writers_into_one_folder_lose_no_rows(tmp_path, spec_file, warm_cli):
     other = tmp_path / "other.yaml"  # other strengths; 1.0 is shared with the first spec
     other.write_text(SPEC.replace("strength: [0.5, 0.75, 1.0]", "strength: [1.0, 0.6, 0.9]"))
     out = tmp_path / "shared"
     expected = list(dict.fromkeys(_expected_keys(spec_file) + _expected_keys(other)))
     assert len(expected) == 24 + 16
-    commands = [_sweep_cmd(spec_file, out, "--no-batched"), _sweep_cmd(spec_file, out),  # same spec twice
-                _sweep_cmd(other, out, "--no-batched")]  # and a different one, all at once
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env()) for cmd in commands]
-    outputs = [proc.communicate(timeout=600)[0].decode(errors="replace") for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(o[-3000:] for o in outputs)
+    commands = [_sweep_args(spec_file, out, "--no-batched"), _sweep_args(spec_file, out),  # same spec twice
+                _sweep_args(other, out, "--no-batched")]  # and a different one, all at once
+    logs = [tmp_path / f"writer{i}.log" for i in range(len(commands))]
+    procs = [warm_cli.start(args, log) for args, log in zip(commands, logs)]
+    codes = [proc.wait(timeout=600) for proc in procs]
+    assert codes == [0, 0, 0], "\n".join(log.read_text(errors="replace")[-3000:] for log in logs)
 
     table = pd.read_parquet(out / "results.parquet")
     assert table["key"].is_unique and sorted(table["key"]) == sorted(expected)
