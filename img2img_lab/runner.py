@@ -34,7 +34,7 @@ from .store import SweepStore
 from .spec import SweepSpec, tiny_size_note
 from .torchutil import free_memory, generator, is_nan_image, is_out_of_memory, resolve_device
 from .validation import check_sizes
-from .vocab import ERROR, NAN, OK, effective_steps, is_tiny, is_url
+from .vocab import BATCHED_TOLERANCE, ERROR, NAN, OK, effective_steps, is_tiny, is_url
 
 
 @dataclass
@@ -324,13 +324,6 @@ class SpecExecutor:
                     if no_strength:  # upscalers: no strength, every step runs
                         row.update(strength=None, effective_steps=int(p.row["num_inference_steps"]))
                     yield Outcome(cells[id(p)], image, status, error, seconds, batch_size, row)
-
-
-# How far a batched cell may differ from the direct call of the same arguments and seed: batched
-# kernels round floats in another order, which moves a pixel by at most one 8-bit level (tested in
-# tests/test_batched.py, tests/test_exact.py and tests/test_widgets.py). Cells run as one call
-# (`batched=False`, `exact=True`) equal it bit for bit at the same thread count.
-BATCHED_TOLERANCE = 1  # 8-bit levels per pixel
 
 
 def _explicit_parameters(pipe) -> set:

@@ -129,7 +129,7 @@ class SweepSpec:
         exact: the reproducibility mode (`run_sweep(exact=...)`, `--exact`): one pipeline call per
             cell under deterministic algorithms, so every image equals its snippet bit for bit at
             the same thread count; recorded per row. Default False (batched where possible, within
-            `runner.BATCHED_TOLERANCE`).
+            `vocab.BATCHED_TOLERANCE`).
 
     Example:
         >>> spec = SweepSpec(model="tiny/sd15", prompt="a cat", image="cat",

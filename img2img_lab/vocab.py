@@ -179,6 +179,12 @@ OK, ERROR, NAN = "ok", "error", "nan"  # an image; an exception (its message in 
 DONE_STATUSES = (OK, NAN)  # not recomputed on a re-run; errors are retried
 FAILED_STATUSES = (ERROR, NAN)
 
+# How far a batched cell may differ from the direct call of the same arguments and seed: batched
+# kernels round floats in another order, which moves a pixel by at most one 8-bit level (tested in
+# tests/test_batched.py, tests/test_exact.py and tests/test_widgets.py). Cells run as one call
+# (`batched=False`, `exact=True`) equal it bit for bit at the same thread count.
+BATCHED_TOLERANCE = 1  # 8-bit levels per pixel
+
 # --------------------------------------------------------------------------------------------
 # metric columns
 

@@ -24,10 +24,9 @@ import pandas as pd
 from .errors import ValidationError
 from .grid import GridLayout, axis_values, cell_image, grid_layout, placeholder_tile
 from .result import BOOKKEEPING_COLUMNS, parameter_columns
-from .runner import BATCHED_TOLERANCE
 from .validation import pipeline_call_arguments
 from .values import NONE_TEXT, format_value, is_null, norm_value
-from .vocab import OK, SCHEDULER_NAMES, is_metric_column
+from .vocab import BATCHED_TOLERANCE, OK, SCHEDULER_NAMES, is_metric_column
 
 PREFERRED_AXES = ("strength", "guidance_scale")
 NO_AXIS = "(none)"  # y option for a one-row grid

@@ -97,3 +97,34 @@ def test_importing_the_package_and_its_plain_modules_stays_cheap():
 
 def test_vocab_imports_nothing_of_the_package():
     assert [t for i, t, *_ in _imports() if i == "img2img_lab.vocab"] == []
+
+
+# Who may import whom (docs/ARCHITECTURE.md): a module imports only modules of its own layer or
+# below (acyclic within a layer). A new module gets a layer here, or this test fails.
+LAYERS = {
+    0: {"errors", "vocab", "values"},                                    # names and facts
+    1: {"frozen", "ranges", "torchutil", "quiet", "families"},           # plain helpers, model families
+    2: {"validation", "cells", "spec", "images", "tiny", "loaders", "checkpoints", "prompts", "control",
+        "batched"},                                                      # specs, models, the engine
+    3: {"store", "result", "loop"},                                      # the folder, the table, the loop
+    4: {"runner", "chains"},                                             # running sweeps
+    5: {"figures", "grid", "plots", "widgets", "metrics"},               # seeing results
+    6: {"htmlexport", "reports", "cli", "__main__"},                     # outside: pages, reports, CLI
+}
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("img2img_lab.").split(".")[0]
+    for layer, names in LAYERS.items():
+        if name in names:
+            return layer
+    raise AssertionError(f"module {module!r} has no layer in LAYERS (tests/test_architecture.py)")
+
+
+def test_every_module_imports_only_its_layer_or_below():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path != PACKAGE / "__init__.py":
+            _layer(_module_name(path))  # every module is placed
+    upward = [f"{i} (layer {_layer(i)}) imports {t} (layer {_layer(t)})" for i, t, *_ in _imports()
+              if i != "img2img_lab" and t != "img2img_lab" and _layer(t) > _layer(i)]
+    assert not upward, "\n".join(upward)
