@@ -1,4 +1,8 @@
-"""Sweeps split over processes with `accelerate launch`: no cell twice, none lost, same images."""
+"""Sweeps split over processes with `accelerate launch`: no cell twice, none lost, same images.
+
+Each test starts `accelerate launch` and two worker processes (each imports torch and diffusers):
+offline but slow, so `heavy`.
+"""
 
 import json
 import os
@@ -9,6 +13,8 @@ import numpy as np
 import pytest
 
 import img2img_lab as lab
+
+pytestmark = pytest.mark.heavy
 
 SPEC = """
 model: tiny/sd15
@@ -74,10 +80,9 @@ def test_accelerate_launch_splits_cells_between_two_processes(spec_file, single,
 
 def test_cli_option_delegates_to_accelerate_and_resumes(spec_file, single, tmp_path):
     out = tmp_path / "cli"
-    # a first, partial run (one strength) leaves cells for the multi-process run to skip
-    first = subprocess.run([sys.executable, "-m", "img2img_lab", "sweep", str(spec_file), "--out", str(out),
-                            "--quiet", "--set", "strength=0.5"], capture_output=True, text=True, env=_env())
-    assert first.returncode == 0, first.stderr[-2000:]
+    # a first, partial run (one strength, in this process) leaves cells for the multi-process run to skip
+    first = lab.run_sweep(lab.SweepSpec.from_yaml(spec_file).replace(strength=0.5), out, progress=False)
+    assert len(first.df) == 4 and set(first.df["key"]) < set(single.df["key"])
     proc = subprocess.run([sys.executable, "-m", "img2img_lab", "sweep", str(spec_file), "--out", str(out),
                            "--quiet", "--num-processes", "2"], capture_output=True, text=True, env=_env(),
                           timeout=600)
