@@ -98,6 +98,7 @@ def assert_matches(outputs, expected, tolerance=1e-3):
         "HeunDiscreteScheduler",
     ],
 )
+@pytest.mark.equality
 def test_matches_direct_calls(base_pipe, init_image, scheduler):
     pipe = with_scheduler(base_pipe, scheduler)
     calls = make_calls(init_image)
@@ -114,6 +115,7 @@ def test_matches_direct_calls(base_pipe, init_image, scheduler):
         assert torch.equal(call["generator"].get_state(), state)
 
 
+@pytest.mark.equality
 def test_ddim_eta_mixes_in_one_batch(base_pipe, init_image):
     pipe = with_scheduler(base_pipe, "DDIMScheduler")
     calls = make_calls(init_image, GRID[:4]) + make_calls(init_image, GRID[4:8], eta=0.7)
@@ -121,6 +123,7 @@ def test_ddim_eta_mixes_in_one_batch(base_pipe, init_image):
     assert_matches(run_batched(pipe, seeded(calls)), expected)
 
 
+@pytest.mark.equality
 def test_default_output_is_pil_within_rounding(base_pipe, init_image):
     calls = [{k: v for k, v in call.items() if k != "output_type"} for call in make_calls(init_image, GRID[:3])]
     expected, _ = direct(base_pipe, calls)
@@ -216,6 +219,7 @@ def test_can_batch(base_pipe, init_image):
     assert not can_batch(diffusers.StableDiffusionPipeline(**base_pipe.components), call)
 
 
+@pytest.mark.equality
 def test_on_step_reports_every_denoising_step_and_changes_nothing(base_pipe, init_image):
     calls = make_calls(init_image, GRID[:6])
     plain = run_batched(base_pipe, seeded(calls), max_batch_size=6)

@@ -35,6 +35,7 @@ def _direct(name, cls="AutoPipelineForImage2Image", **components):
     return getattr(diffusers, cls).from_pretrained(lab.tiny_model_path(name), **components)
 
 
+@pytest.mark.equality
 def test_three_img2img_stages_pass_latents_and_equal_the_hand_written_chain(init):
     stages = [("tiny/sd15", {"prompt": PROMPT, "strength": 0.8, **FAST}),
               ("tiny/sd15", {"prompt": "Astronaut in a jungle, charliebo artstyle", "strength": 0.5, **FAST}),
@@ -54,6 +55,7 @@ def test_three_img2img_stages_pass_latents_and_equal_the_hand_written_chain(init
     assert _eq(result.image, final)
 
 
+@pytest.mark.equality
 def test_text2img_sd15_then_kandinsky_img2img_decodes_quietly_and_says_so_in_params(recwarn):
     from diffusers import KandinskyV22PriorPipeline
 
@@ -76,6 +78,7 @@ def test_text2img_sd15_then_kandinsky_img2img_decodes_quietly_and_says_so_in_par
     assert _eq(result.image, final)
 
 
+@pytest.mark.equality
 def test_img2img_then_x2_latent_upscaler_then_x4_upscaler():
     small = lab.load_image("astronaut", size=64)
     stages = [("tiny/sd15", {"prompt": PROMPT, "strength": 0.8, **FAST}),
@@ -96,6 +99,7 @@ def test_img2img_then_x2_latent_upscaler_then_x4_upscaler():
     assert _eq(result.image, final)
 
 
+@pytest.mark.equality
 def test_latents_false_decodes_every_stage_and_records_each_image(init):
     stages = [("tiny/sd15", {"prompt": "a", "strength": 0.6, **FAST}), ("tiny/sd15", {"prompt": "b", "strength": 0.5, **FAST})]
     result = run_chain(stages, image=init, latents=False)
@@ -155,6 +159,7 @@ def test_stage_forms_and_overrides():
         chain.with_params({"strength": 0.3})
 
 
+@pytest.mark.equality
 def test_sweep_over_stage_two_strength(tmp_path, init):
     chain = Chain([("tiny/sd15", {"prompt": "a", "strength": 0.6, **FAST}),
                    ("tiny/sd15", {"prompt": "b", "strength": 0.5, **FAST})], image=init)

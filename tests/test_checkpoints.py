@@ -49,6 +49,7 @@ def test_file_has_the_original_layout(sd15_file):
     assert infer_diffusers_model_type(state) == "v1"
 
 
+@pytest.mark.equality
 def test_round_trip_weights_and_image(sd15_file, sd15_folder, sd15_pipe):
     pipe = lab.load_pipeline(str(sd15_file), config=sd15_folder, cache=False)
     assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"

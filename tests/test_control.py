@@ -53,6 +53,7 @@ def test_prepare_control_image_from_a_sample_name_sized_like_the_init(init):
         control.prepare_control_image([])
 
 
+@pytest.mark.equality
 def test_controlnet_img2img_equals_the_diffusers_class(cn_pipe, cn_path, init):
     from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
 
@@ -83,6 +84,7 @@ def test_multi_controlnet(cn_path, init):
     assert out.size == init.size
 
 
+@pytest.mark.equality
 def test_depth_map_is_a_three_channel_picture_of_the_image_size(depth_model):
     image = lab.load_image("astronaut", size=(80, 64))
     depth = control.depth_map(image, depth_model, device="cpu")

@@ -452,6 +452,7 @@ FIGURE_CELLS = [
 ]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("setup", list(SETUPS))
 def test_figures_show_once_in_a_kernel(measured_folder, tmp_path, setup):
     cells = [f"{SETUPS[setup]}\nres = lab.load_sweep({str(measured_folder)!r})", *FIGURE_CELLS]

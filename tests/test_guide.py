@@ -70,6 +70,7 @@ def _cell(pipe, call, seed=0):
 # 1. quickstart: Kandinsky 2.2 with its prior --------------------------------------------------
 
 
+@pytest.mark.equality
 def test_1_quickstart_kandinsky(direct_kandinsky):
     from diffusers.utils import make_image_grid
 
@@ -82,6 +83,7 @@ def test_1_quickstart_kandinsky(direct_kandinsky):
     assert make_image_grid([cat, ours], rows=1, cols=2).size == (128, 64)
 
 
+@pytest.mark.equality
 def test_1_kandinsky_knobs_are_sweepable(direct_kandinsky):
     cat = lab.load_image("cat", size=(64, 64))
     pipe = lab.load_pipeline("tiny/kandinsky22")
@@ -103,6 +105,7 @@ def test_1_kandinsky_knobs_are_sweepable(direct_kandinsky):
     assert sorted(wide.size) == [64, 128]
 
 
+@pytest.mark.equality
 def test_1_kandinsky_prior_by_folder(direct_kandinsky):
     from img2img_lab.tiny import kandinsky_prior_path
 
@@ -115,6 +118,7 @@ def test_1_kandinsky_prior_by_folder(direct_kandinsky):
 # 2. model comparison ------------------------------------------------------------------------
 
 
+@pytest.mark.equality
 def test_2_model_comparison(init, direct_sd15, direct_refiner, direct_kandinsky):
     cases = [
         ("tiny/sd15", direct_sd15, dict(prompt=PROMPT, image=init, **FAST)),
@@ -129,6 +133,7 @@ def test_2_model_comparison(init, direct_sd15, direct_refiner, direct_kandinsky)
 # 3. and 4. strength and guidance_scale sweeps -------------------------------------------------
 
 
+@pytest.mark.equality
 @pytest.mark.parametrize("strength", [0.4, 0.6, 0.8, 1.0])
 def test_3_strength(strength, init, direct_sd15):
     call = dict(prompt=PROMPT, image=init, strength=strength, num_inference_steps=5)
@@ -137,6 +142,7 @@ def test_3_strength(strength, init, direct_sd15):
     assert runner.effective_steps(call) == int(5 * strength)
 
 
+@pytest.mark.equality
 @pytest.mark.parametrize("guidance_scale", [0.1, 5.0, 8.0, 10.0])
 def test_4_guidance_scale(guidance_scale, init, direct_sd15):
     call = dict(prompt=PROMPT, image=init, strength=0.8, guidance_scale=guidance_scale, **FAST)
@@ -147,6 +153,7 @@ def test_4_guidance_scale(guidance_scale, init, direct_sd15):
 # 5. negative_prompt on the SDXL refiner, and the refiner's own knobs -------------------------
 
 
+@pytest.mark.equality
 def test_5_negative_prompt_on_the_refiner(init, direct_refiner):
     pipe = lab.load_pipeline("tiny/sdxl-refiner")
     pictures = []
@@ -158,6 +165,7 @@ def test_5_negative_prompt_on_the_refiner(init, direct_refiner):
     assert not np.array_equal(*pictures)
 
 
+@pytest.mark.equality
 def test_refiner_aesthetic_score_knobs(init, direct_refiner):
     pipe = lab.load_pipeline("tiny/sdxl-refiner")
     base = dict(prompt=PROMPT, image=init, strength=0.5, **FAST)
@@ -184,6 +192,7 @@ def test_refiner_fp16_vae_nan_is_flagged(init, monkeypatch):
     assert status == "nan" and image.size == init.size
 
 
+@pytest.mark.equality
 def test_refiner_fp16_safe_vae_option_swaps_the_vae(init, tmp_path):
     from diffusers import AutoencoderKL, AutoPipelineForImage2Image
 
@@ -205,6 +214,7 @@ def test_refiner_fp16_safe_vae_option_swaps_the_vae(init, tmp_path):
 # 6. chains (the three chains are compared with hand-written diffusers chains in test_chains.py)
 
 
+@pytest.mark.equality
 def test_6_text2img_then_img2img_chain_in_latent_space(direct_sd15):
     from diffusers import AutoPipelineForText2Image
 
@@ -223,6 +233,7 @@ def test_6_text2img_then_img2img_chain_in_latent_space(direct_sd15):
 # 7. prompt weighting --------------------------------------------------------------------------
 
 
+@pytest.mark.equality
 def test_7_prompt_weighting(init, direct_sd15):
     from compel import Compel
 
@@ -242,6 +253,7 @@ def test_7_prompt_weighting(init, direct_sd15):
 # 8. ControlNet img2img with a depth control image, then restyle ------------------------------
 
 
+@pytest.mark.equality
 def test_8_controlnet_depth_then_restyle(depth_model, direct_sd15):
     from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
     from diffusers.utils import make_image_grid
@@ -300,6 +312,7 @@ def test_9_offload_reapplied_on_the_same_device(monkeypatch):
     assert ("StableDiffusionPipeline", "cuda:1") in calls
 
 
+@pytest.mark.equality
 def test_9_sdpa_and_vae_slicing_tiling_keep_the_picture(init, direct_sd15):
     from diffusers.models.attention_processor import AttnProcessor2_0
 

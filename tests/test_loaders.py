@@ -29,6 +29,7 @@ def test_tiny_sd15_is_the_real_img2img_class(sd15):
     assert str(sd15.device) == "cpu" and sd15.unet.dtype == torch.float32
 
 
+@pytest.mark.equality
 def test_same_image_as_the_diffusers_class_called_directly(sd15, init):
     from diffusers import StableDiffusionImg2ImgPipeline
 
@@ -306,6 +307,7 @@ print("RESULT " + json.dumps({"out": out, "counts": counts}))
 """
 
 
+@pytest.mark.heavy
 def test_unreachable_hub_is_probed_once_without_retries(tmp_path):
     """Every hub-id load path fails at once: one accepted connection in all, not ~6 retries each."""
     import json
@@ -389,6 +391,7 @@ def test_offline_prior_and_depth_model_not_in_the_cache_fail_at_once(count_conne
     assert count_connections == []
 
 
+@pytest.mark.equality
 def test_offline_cached_hub_id_loads_from_the_cache(count_connections, sd15, init):
     from huggingface_hub import constants
 

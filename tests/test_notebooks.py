@@ -262,6 +262,7 @@ def _outputs(nb, kind):
     return found
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_headless_on_tiny_models(executed, name):
     nb = executed[name]
@@ -275,6 +276,7 @@ def test_notebook_runs_headless_on_tiny_models(executed, name):
     assert "model" in nb.cells[index + 2].outputs[0]["data"]["text/plain"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["01_quickstart", "02_parameters"])
 def test_sweeps_and_explorer_state_are_stored(executed, name):
     nb = executed[name]
@@ -282,6 +284,7 @@ def test_sweeps_and_explorer_state_are_stored(executed, name):
     assert "application/vnd.jupyter.widget-state+json" in nb.metadata["widgets"]
 
 
+@pytest.mark.heavy
 def test_02_sweeps_hold_the_guide_grid_at_tiny_sizes(executed):
     folder = Path(executed["02_parameters"].metadata["papermill"]["parameters"]["out_dir"])
     combined = lab.load_sweep(folder / "combined")
@@ -294,6 +297,7 @@ def test_02_sweeps_hold_the_guide_grid_at_tiny_sizes(executed):
     assert set(negative.df["model"]) == {"tiny/sdxl-refiner"} and set(negative.df["strength"]) == {0.5}
 
 
+@pytest.mark.heavy
 def test_01_model_comparison_grid_has_no_missing_cells(executed):
     from img2img_lab.grid import grid_layout
 
@@ -312,6 +316,7 @@ def test_01_model_comparison_grid_has_no_missing_cells(executed):
     assert layout.shape == (1, 1, 3) and len(layout.cells) == 3
 
 
+@pytest.mark.heavy
 def test_tables_show_missing_text_as_none(executed):
     nb = executed["02_parameters"]
     negative = next(c for c in nb.cells if "by_negative.table(" in c.source)
@@ -319,6 +324,7 @@ def test_tables_show_missing_text_as_none(executed):
     assert "(none)" in html  # the row without a negative prompt
 
 
+@pytest.mark.heavy
 def test_05_in_place_takes_its_hand_edited_cell_over_the_spec(tmp_path):
     """JupyterLab: kernel cwd notebooks/, `spec = "sweeps/strength.yaml"` and the same cell's edits win."""
     import papermill
@@ -360,6 +366,7 @@ def _run_failing(tmp_path, name, parameters):
     return info.value, failing, nb
 
 
+@pytest.mark.heavy
 def test_unknown_parameter_fails_in_the_check_cell(tmp_path):
     error, failing, nb = _run_failing(tmp_path, "02_parameters", {"model": "tiny/sd15", "strenght": 0.5})
     assert "check_parameters(globals()" in failing.source and error.ename == "ValidationError"
@@ -369,6 +376,7 @@ def test_unknown_parameter_fails_in_the_check_cell(tmp_path):
     assert all(c.get("execution_count") is None for c in later if c.cell_type == "code")
 
 
+@pytest.mark.heavy
 def test_bad_value_fails_in_the_check_cell(tmp_path):
     error, failing, _ = _run_failing(tmp_path, "02_parameters", {"model": "tiny/sd15", "strength": [0.5, 1.2]})
     assert "check_parameters(globals()" in failing.source

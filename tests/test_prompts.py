@@ -20,6 +20,7 @@ def _gen():
     return torch.Generator("cpu").manual_seed(0)
 
 
+@pytest.mark.equality
 @pytest.mark.parametrize("model,pooled", [("tiny/sd15", False), ("tiny/sdxl", True), ("tiny/sdxl-refiner", True)])
 def test_compel_embeds_give_the_same_image_as_passing_them_by_hand(model, pooled, init):
     pipe = lab.load_pipeline(model)

@@ -225,6 +225,7 @@ def report_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.heavy
 def test_report_writes_notebook_html_and_table(report_dir):
     for name in ("report.ipynb", "report.html", "results.parquet", "spec.yaml", "grid.png"):
         assert (report_dir / name).is_file(), name
@@ -237,6 +238,7 @@ def test_report_writes_notebook_html_and_table(report_dir):
     assert len(list((report_dir / "images").glob("*.png"))) == 4
 
 
+@pytest.mark.heavy
 def test_report_notebook_holds_table_grid_plots_and_explorer_state(report_dir):
     nb = nbformat.read(report_dir / "report.ipynb", as_version=4)
     assert nb.metadata["papermill"]["parameters"]["model"] == "tiny/sd15"
@@ -248,6 +250,7 @@ def test_report_notebook_holds_table_grid_plots_and_explorer_state(report_dir):
     assert WIDGET_STATE in html and "strength" in html
 
 
+@pytest.mark.heavy
 def test_offline_html_bundles_the_widget_javascript(report_dir, tmp_path):
     js = tmp_path / "js"
     js.mkdir()
@@ -259,6 +262,7 @@ def test_offline_html_bundles_the_widget_javascript(report_dir, tmp_path):
     assert any(p.name == "embed-amd.js" for p in tmp_path.rglob("*") if p.parent != js)
 
 
+@pytest.mark.heavy
 def test_failing_cell_names_the_cell_and_keeps_the_partial_notebook(report_dir, tmp_path):
     out = tmp_path / "failing"
     shutil.copytree(report_dir, out)  # the sweep resumes: nothing is recomputed
@@ -276,6 +280,7 @@ def test_failing_cell_names_the_cell_and_keeps_the_partial_notebook(report_dir, 
     assert nb.cells[index - 3].outputs  # earlier cells ran and kept their outputs (the spec printed)
 
 
+@pytest.mark.heavy
 def test_papermill_cli_runs_the_report_notebook_with_a_spec_file(tmp_path):
     """`papermill notebooks/05_sweep_report.ipynb out.ipynb -f sweeps/strength.yaml -p model tiny/sd15`."""
     out = tmp_path / "sweep"
@@ -293,6 +298,7 @@ def test_papermill_cli_runs_the_report_notebook_with_a_spec_file(tmp_path):
     assert nb.metadata["papermill"]["parameters"]["name"] == "strength"
 
 
+@pytest.mark.heavy
 def test_report_on_a_tiny_model_runs_small_says_so_once_and_keeps_the_kernel_quiet(tmp_path, capfd):
     """`img2img-lab report sweeps/strength.yaml --model tiny/sd15`: 64 px (the spec sets no size), one
     line saying so, and no "Kernel is running over TCP without encryption" from the report's kernel."""

@@ -60,6 +60,7 @@ def test_one_row_per_cell_with_diffusers_names(swept):
     assert sorted(swept.swept) == ["guidance_scale", "negative_prompt", "strength"]
 
 
+@pytest.mark.equality
 def test_every_image_equals_the_direct_pipeline_call(swept, pipe):
     for i, row in swept.df.iterrows():
         stored = np.asarray(swept.image(i))
@@ -67,6 +68,7 @@ def test_every_image_equals_the_direct_pipeline_call(swept, pipe):
         assert np.array_equal(stored, direct), f"row {i} differs"
 
 
+@pytest.mark.equality
 def test_batched_path_gives_the_same_images(tmp_path, swept):
     batched = lab.run_sweep(lab.SweepSpec.from_dict(BASE), tmp_path, progress=False, batched=True)
     assert list(batched.df["key"]) == list(swept.df["key"])
@@ -230,6 +232,7 @@ def test_load_sweep_of_an_empty_folder(tmp_path):
         lab.load_sweep(tmp_path / "missing")
 
 
+@pytest.mark.equality
 def test_compel_sweep_passes_weighted_embeddings(tmp_path, pipe):
     from img2img_lab.prompts import encode_weighted
 
@@ -385,6 +388,7 @@ def test_progress_postfix_names_each_group(tmp_path, monkeypatch):
     assert recorded.bars[0].n == 2
 
 
+@pytest.mark.equality
 def test_step_callbacks_leave_the_images_unchanged(pipe):
     init = lab.load_image("astronaut", size=64)
     call = dict(prompt="a cat", image=init, strength=0.75, guidance_scale=5.0, num_inference_steps=4)

@@ -13,6 +13,7 @@ import img2img_lab as lab
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.equality
 @pytest.mark.parametrize("spec_file", ["sweeps/strength.yaml", "sweeps/negative_prompt.yaml"])
 def test_guide_sweep_on_the_real_checkpoint_equals_direct_calls(spec_file, tmp_path):
     from pathlib import Path

@@ -207,6 +207,7 @@ def test_axis_swaps_and_one_row(fake):
     assert ex.x == "strength" and ex.y not in (None, "strength")
 
 
+@pytest.mark.equality
 def test_snippet_loads_the_offline_stand_in_not_the_unreachable_url(tmp_path, capsys, recwarn):
     import socket
 
