@@ -207,6 +207,14 @@ def deterministic(on: bool = True):
 # the loop
 
 
+def threads() -> int:
+    """The CPU threads torch computes with: CPU kernels round by thread count, so bit-for-bit
+    equality holds between runs at the same count (each row records it)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -214,8 +222,9 @@ def _now() -> str:
 def finished_row(outcome: Outcome, *, exact: bool) -> dict:
     """A finished cell's row: what was known before it ran, what its executor adds, how it went."""
     row = {**outcome.todo.row, **outcome.row}
+    row.setdefault("batched", False)  # through the batched engine, or one call
     row.update(status=outcome.status, error=outcome.error, seconds=round(outcome.seconds, 4),
-               batch_size=outcome.batch_size, exact=exact, created=_now())
+               batch_size=outcome.batch_size, exact=exact, threads=threads(), created=_now())
     if outcome.image is not None:
         row["width"], row["height"] = outcome.image.size
     return row

@@ -22,7 +22,7 @@ BOOKKEEPING_COLUMNS = frozenset(
         "key", "image_hash", "image_path", "init_image_path", "seconds", "status", "error",
         "effective_steps", "pipeline_class", "dtype", "device", "batch_size", "width", "height",
         "created", "scheduler_class", "offload", "attention", "vae_slicing", "vae_tiling", "compile", "image_requested",
-        "exact", "threads",
+        "exact", "threads", "batched",
     }
 )
 _THUMB = 64  # px: longest side of a row's thumbnail in the notebook table

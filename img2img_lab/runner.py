@@ -33,7 +33,7 @@ from .result import SweepResult
 from .store import SweepStore
 from .spec import SweepSpec, tiny_size_note
 from .torchutil import free_memory, generator, is_nan_image, is_out_of_memory, resolve_device
-from .validation import check_sizes
+from .validation import check_sizes, size_multiple
 from .vocab import BATCHED_TOLERANCE, ERROR, NAN, OK, effective_steps, is_tiny, is_url
 
 
@@ -139,7 +139,6 @@ def _pipe_row(pipe, model_label: str) -> dict:
         "pipeline_class": type(pipe).__name__,
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else "",
         "device": str(device) if device is not None else "",
-        "threads": torch.get_num_threads(),  # CPU kernels round by thread count: bit for bit needs the same
     }
     # the speed/memory knobs this pipeline was loaded with (they don't change pixels, but timings)
     opts = (getattr(pipe, "img2img_lab_info", None) or {}).get("options", {})
@@ -304,23 +303,41 @@ class SpecExecutor:
             groups[(str(item.work.cell.model), item.work.cell.scheduler)].append(item)
         return groups
 
+    def pipeline(self, model: str):
+        """The pipeline of `model`: the one passed to `run_sweep`, else loaded (and cached)."""
+        return self.pipe if self.pipe is not None else load_pipeline(model, **self.options)
+
+    def check(self, groups: dict) -> None:
+        """Before any cell runs: every model's cells against its loaded pipeline (call keywords,
+        sizes against its VAE factor), and a note for init images the pipeline will round."""
+        said = set()
+        for (model, _), items in groups.items():
+            pipe = self.pipeline(model)
+            check_call_keys(pipe, [item.work for item in items])
+            for note in rounding_notes(pipe, [item.work for item in items]):
+                if note not in said:
+                    said.add(note)
+                    print(note)
+
     def run(self, todo: list[Todo], progress: Progress):
         state = distributed_state()
         if state.num_processes > 1 and "device" not in self.options:
             self.options["device"] = str(state.device)  # one device per process
-        for (model, scheduler), items in self.groups(todo).items():
-            pipe = self.pipe if self.pipe is not None else load_pipeline(model, **self.options)
+        groups = self.groups(todo)
+        self.check(groups)  # loads each model once (the cache keeps it for the run below)
+        for (model, scheduler), items in groups.items():
+            pipe = self.pipeline(model)
             base = _pipe_row(pipe, model)  # a passed pipe was checked to be this model
             no_strength = "strength" not in _explicit_parameters(pipe)
             label = model if scheduler is None else f"{model} · {scheduler}"
             with quiet_progress(pipe), _scheduler(pipe, scheduler):
                 base["scheduler_class"] = type(pipe.scheduler).__name__
                 cells = {id(item.work): item for item in items}
-                for p, image, status, error, seconds, batch_size in _execute(
+                for p, image, status, error, seconds, batch_size, engine in _execute(
                     pipe, [item.work for item in items], batched=self.batched, max_batch_size=self.max_batch_size,
                     progress=progress, label=label, said=self.said,
                 ):
-                    row = dict(base)
+                    row = {**base, "batched": engine}
                     if no_strength:  # upscalers: no strength, every step runs
                         row.update(strength=None, effective_steps=int(p.row["num_inference_steps"]))
                     yield Outcome(cells[id(p)], image, status, error, seconds, batch_size, row)
@@ -349,6 +366,25 @@ def check_call_keys(pipe, cells: list[_Prepared]) -> None:
                 f"remove it from the spec or use a pipeline that takes it"
             )
         check_sizes(pipe, p.cell.model, p.cell.call)
+
+
+def rounding_notes(pipe, cells: list[_Prepared]) -> list[str]:
+    """One line per init image whose size the pipeline rounds down to its VAE factor, for cells
+    that set no `height`/`width` (diffusers rounds silently; the rows record the size produced)."""
+    accepted = _explicit_parameters(pipe)
+    if "height" in accepted or "strength" not in accepted:
+        return []  # its own height/width (default or given) set the size; upscalers scale theirs
+    factor = size_multiple(pipe)
+    notes = []
+    for p in cells:
+        if factor is None or "height" in p.cell.call or "width" in p.cell.call:
+            continue
+        w, h = p.image.size
+        if w % factor or h % factor:
+            notes.append(f"`image` {p.row.get('image')!r} is {w}x{h} px, not a multiple of {factor}: "
+                         f"{type(pipe).__name__} rounds it down to {w // factor * factor}x{h // factor * factor} "
+                         f"(the rows record that size; set height/width to choose another)")
+    return notes
 
 
 def warn_long_prompts(pipe, cells: list[_Prepared], said: set | None = None) -> None:
@@ -425,7 +461,10 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
 
 def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int, progress: Progress | None = None,
              label: str = "", said: set | None = None):
-    """Yield (prepared, image, status, error, seconds, batch_size) per cell as each finishes.
+    """Yield (prepared, image, status, error, seconds, batch_size, batched) per cell as each finishes.
+
+    `batched` says whether the cell went through the batched engine (within `BATCHED_TOLERANCE`
+    of the direct call, even in a batch halved to one after out-of-memory) or was one call.
 
     `progress` hears of every denoising step (batched or not) and of each batch's start.
     """
@@ -456,6 +495,9 @@ def _run_batches(engine, pipe, cells: list[_Prepared], calls: dict, max_batch_si
     compiled = bool((getattr(pipe, "img2img_lab_info", None) or {}).get("options", {}).get("compile"))
     for i in range(0, len(cells), max_batch_size):
         chunk = cells[i : i + max_batch_size]
+        if len(chunk) == 1:  # a batch of one is one call: run it as one, bit for bit
+            yield _run_direct(pipe, chunk[0], calls[id(chunk[0])], progress, label)
+            continue
         on_step = None
         if progress is not None:
             progress.start(label, len(chunk))
@@ -469,9 +511,9 @@ def _run_batches(engine, pipe, cells: list[_Prepared], calls: dict, max_batch_si
             )
         for p, out in zip(chunk, outputs):
             if out.error is not None:
-                yield p, None, ERROR, error_text(out.error), out.seconds, out.batch_size
+                yield p, None, ERROR, error_text(out.error), out.seconds, out.batch_size, True
             else:
-                yield p, out.image, NAN if out.nan else OK, "", out.seconds, out.batch_size
+                yield p, out.image, NAN if out.nan else OK, "", out.seconds, out.batch_size, True
 
 
 def _run_direct(pipe, p: _Prepared, call: dict, progress, label: str) -> tuple:
@@ -491,7 +533,7 @@ def _run_direct(pipe, p: _Prepared, call: dict, progress, label: str) -> tuple:
         if is_out_of_memory(exc):
             free_memory()
         image, status, error = None, ERROR, error_text(exc)
-    return p, image, status, error, time.perf_counter() - start, 1
+    return p, image, status, error, time.perf_counter() - start, 1, False
 
 
 def load_sweep(out_dir) -> SweepResult:

@@ -209,15 +209,19 @@ def _call_arguments(result, row, spec, call_size: tuple[int, int] | None) -> lis
 def reproduction_note(row) -> list[str]:
     """Comment lines that open a cell's snippet: how closely the code reproduces the cell's image.
 
-    A cell run as one call (`batched=False` or `exact=True`) is reproduced bit for bit when the code
-    runs at the same thread count; a batched cell within `BATCHED_TOLERANCE` 8-bit levels.
+    A cell run as one call (`batched=False`, `exact=True`, or alone in its batch) is reproduced
+    bit for bit when the code runs at the same thread count; a cell that went through the batched
+    engine within `BATCHED_TOLERANCE` 8-bit levels.
     """
     batch = _plain(row.get("batch_size"))
+    engine = _plain(row.get("batched"))
+    if is_null(engine):  # tables written before the `batched` column: a batch of more than one
+        engine = not is_null(batch) and int(batch) > 1
     threads = _plain(row.get("threads"))
     at = f" with {int(threads)} CPU threads (torch.get_num_threads())" if not is_null(threads) else ""
-    if not is_null(batch) and int(batch) > 1:
-        return [f"# This cell ran in a batch of {int(batch)}: this code gives its image within "
-                f"{BATCHED_TOLERANCE} 8-bit level per pixel",
+    if engine is True:
+        size = f"in a batch of {int(batch)}" if not is_null(batch) else "batched"
+        return [f"# This cell ran {size}: this code gives its image within {BATCHED_TOLERANCE} 8-bit level per pixel",
                 "# (batched float rounding). Run the sweep with exact=True for cells reproduced bit for bit."]
     mode = "in exact mode (one call, deterministic algorithms)" if _plain(row.get("exact")) is True else "as one call"
     return [f"# This cell ran {mode}{at}:", "# this code gives the same pixels at the same thread count."]

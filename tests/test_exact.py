@@ -129,3 +129,46 @@ def test_exact_chain_sweeps_record_the_mode(tmp_path):
                       image="astronaut")
     result = lab.sweep_chain(chain, {"seed": [0, 1]}, tmp_path, progress=False, exact=True)
     assert result.df["exact"].eq(True).all() and result.df["status"].eq("ok").all()
+    assert result.df["threads"].eq(torch.get_num_threads()).all()
+
+
+def test_sizes_of_every_model_are_checked_before_any_cell_runs(tmp_path, monkeypatch):
+    calls = []
+    original = runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: calls.append(1) or original(*a, **k))
+    spec = lab.SweepSpec.from_dict({**SPEC, "strength": 0.5, "model": ["tiny/sd15", "tiny/kandinsky22"],
+                                    "height": 72, "width": 72, "scheduler": None})
+    with pytest.raises(ValidationError, match=r"`height` must be a multiple of 16 for Kandinsky.*got 72"):
+        lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    assert calls == [] and not list(tmp_path.glob("images/*.png"))
+
+
+def test_an_init_image_the_pipeline_rounds_is_said():
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    # tiny models run at 64x64 unless told otherwise, so the rounding is checked on the rule itself
+    pipe = lab.load_pipeline("tiny/sd15")
+    cell = SimpleNamespace(cell=SimpleNamespace(call={}), image=Image.new("RGB", (60, 68)), row={"image": "pic.png"})
+    sized = SimpleNamespace(cell=SimpleNamespace(call={"height": 64, "width": 64}), image=cell.image, row=cell.row)
+    assert runner.rounding_notes(pipe, [cell, sized]) == [
+        "`image` 'pic.png' is 60x68 px, not a multiple of 8: StableDiffusionImg2ImgPipeline rounds it down to "
+        "56x64 (the rows record that size; set height/width to choose another)"]
+    # what the note says is what diffusers does
+    out = pipe(prompt="a cat", image=cell.image, strength=0.5, num_inference_steps=2,
+               generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert out.size == (56, 64)
+
+
+@pytest.mark.equality
+def test_a_lone_cell_of_a_batched_sweep_is_one_call(tmp_path):
+    spec = lab.SweepSpec.from_dict({**SPEC, "strength": [0.5, 0.6, 0.8]})
+    result = lab.run_sweep(spec, tmp_path / "b", progress=False, max_batch_size=2)
+    df = result.df
+    assert df["batched"].tolist().count(True) == 2 and df["batched"].tolist().count(False) == 1
+    lone = df.index[~df["batched"]][0]
+    assert df.loc[lone, "batch_size"] == 1
+    assert code_snippet(result, lone).startswith("# This cell ran as one call with ")
+    exact = lab.run_sweep(spec, tmp_path / "e", progress=False, exact=True)
+    np.testing.assert_array_equal(np.asarray(result.image(lone)), np.asarray(exact.image(df.loc[lone, "key"])))
