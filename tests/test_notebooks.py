@@ -235,20 +235,31 @@ def test_none_parameters_are_documented_with_the_guide_and_tiny_values(name):
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    """Each notebook run once under papermill, offline, with only `-p model tiny/sd15` (shared by the tests)."""
+    """Each notebook run once under papermill, offline, with only `-p model tiny/sd15` (shared by the tests).
+
+    Two kernels at a time, each on one CPU thread: on tiny models a kernel's time is its imports
+    and Python, which a second thread does not speed up, so two kernels use two cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import papermill
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # the kernels inherit it: no hub, no downloads
     folder = tmp_path_factory.mktemp("notebooks")
-    out = {}
-    for name in NAMES:
+
+    def run(name):
         path = folder / f"{name}.ipynb"
         start = time.perf_counter()
         papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(path), cwd=str(folder),
                                    parameters=_tiny_parameters(name, folder / name), progress_bar=False)
-        out[name] = nbformat.read(path, as_version=4)
-        out[name].metadata["wall_s"] = time.perf_counter() - start
-    return out
+        nb = nbformat.read(path, as_version=4)
+        nb.metadata["wall_s"] = time.perf_counter() - start
+        return nb
+
+    with pytest.MonkeyPatch.context() as env:  # what the kernels inherit, for this fixture only
+        env.setenv("OMP_NUM_THREADS", "1")
+        env.setenv("MKL_NUM_THREADS", "1")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return dict(zip(NAMES, pool.map(run, NAMES)))
 
 
 def _outputs(nb, kind):
