@@ -31,6 +31,7 @@ def _ours(record):
     return [w for w in record if "tokens are cut" in str(w.message)]
 
 
+@pytest.mark.heavy
 def test_a_sweep_over_three_families_says_a_long_prompt_once_and_nothing_else(tmp_path, capfd, recwarn):
     from img2img_lab.tiny import tiny_model_path
 

@@ -68,7 +68,6 @@ def test_every_image_equals_the_direct_pipeline_call(swept, pipe):
         assert np.array_equal(stored, direct), f"row {i} differs"
 
 
-@pytest.mark.equality
 def test_batched_path_gives_the_same_images(tmp_path, swept):
     batched = lab.run_sweep(lab.SweepSpec.from_dict(BASE), tmp_path, progress=False, batched=True)
     assert list(batched.df["key"]) == list(swept.df["key"])

@@ -110,6 +110,7 @@ def test_latent_upscaler_doubles_an_image_and_sd15_latents(sd15_path):
     assert out.images[0].size == (256, 256)
 
 
+@pytest.mark.heavy
 def test_x4_upscaler_quadruples():
     from diffusers import DiffusionPipeline, StableDiffusionUpscalePipeline
 
