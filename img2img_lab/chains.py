@@ -38,6 +38,8 @@ import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from PIL import Image
+
 from .errors import ValidationError
 from .families import family_of
 from .frozen import content_key
@@ -45,11 +47,11 @@ from .images import image_hash, load_image
 from .loaders import load_pipeline, quiet_call, related_pipeline, resolve_model
 from .loop import Outcome, Progress, Todo, error_text, run_cells
 from .result import SweepResult
-from .runner import quiet_progress, warn_long_texts
+from .runner import explicit_parameters, quiet_progress, warn_long_texts
 from .store import SweepStore
 from .torchutil import generator, is_nan_image
 from .validation import check_sizes, check_value, known_keys
-from .vocab import ERROR, NAN, OK, SIZE_ARGUMENTS
+from .vocab import ERROR, MAX_SEED, NAN, OK, SIZE_ARGUMENTS
 
 # Which pipelines take latents as `image` (used as the initial latents as is) and which have no
 # text-to-image task: their model family says (`Family.takes_latents`, `Family.text2img`).
@@ -174,8 +176,7 @@ class Chain:
         if isinstance(self.stages, (str, Stage)) or not isinstance(self.stages, (list, tuple)) or not self.stages:
             raise ValidationError(f"`stages` must be a non-empty list of stages, got {self.stages!r}")
         object.__setattr__(self, "stages", tuple(Stage.coerce(s, i) for i, s in enumerate(self.stages)))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValidationError(f"`seed` must be an int, got {self.seed!r}")
+        check_value("seed", self.seed)  # an integer in [0, 2**64 - 1], as a spec's
         if self.latents not in (None, True, False):
             raise ValidationError(f"`latents` must be None, True or False, got {self.latents!r}")
 
@@ -389,8 +390,8 @@ def _validate(chain: Chain) -> None:
         if "generator" in stage.kwargs:
             raise ValidationError(f"{where} kwargs can't hold `generator`: the chain seeds each stage (use `seed`)")
         seed = stage.kwargs.get("seed", chain.seed)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValidationError(f"{where} `seed` must be an int, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValidationError(f"{where} `seed` must be an integer in [0, 2**64 - 1], got {seed!r}")
         if "image" in stage.kwargs and i > 0:
             raise ValidationError(f"{where} kwargs can't hold `image`: stage {i + 1} takes stage {i}'s output")
         if "image" in stage.kwargs and chain.image is not None:
@@ -423,6 +424,7 @@ def _run(chain: Chain, progress: bool = True) -> ChainResult:
         check_sizes(pipe, stage.label(), stage.kwargs)  # height/width: multiples of the VAE factor
     # 3. plan the hand-overs (latent where possible); impossible chains fail here
     plan = _plan(chain, pipes)
+    _check_resizes(chain, pipes, plan)
     # 4. run the stages
     first = chain.stages[0]
     source = chain.image if chain.image is not None else first.kwargs.get("image")
@@ -435,7 +437,7 @@ def _run(chain: Chain, progress: bool = True) -> ChainResult:
         seed = int(stage.kwargs.get("seed", chain.seed))
         call = {k: v for k, v in stage.kwargs.items() if k not in RESERVED and k != "image"}
         if current is not None:
-            call["image"] = current
+            call["image"] = _sized_input(pipe, call, current)
         warn_long_texts(pipe, [(name, call.get(name)) for name in ("prompt", "negative_prompt")],
                         hint="`lab.encode_weighted` encodes long prompts in chunks")  # said here, once
         with quiet_call(), quiet_progress(pipe):
@@ -458,6 +460,33 @@ def _run(chain: Chain, progress: bool = True) -> ChainResult:
     # 5. collect
     status = NAN if is_nan_image(np.asarray(current, dtype=np.float32) / 255.0) else OK
     return ChainResult(image=current, images=tuple(images), params=tuple(params), status=status)
+
+
+def _takes_size(pipe) -> bool:
+    return "height" in explicit_parameters(pipe)
+
+
+def _check_resizes(chain: Chain, pipes: list, plan: list[str]) -> None:
+    """A stage whose pipeline takes no `height`/`width` (SD img2img sizes its output from its
+    input) gets its input picture resized, as `run_sweep` does; latents handed over from the stage
+    before cannot be, so a size there is refused before any stage runs."""
+    for i, (stage, pipe) in enumerate(zip(chain.stages, pipes)):
+        sized = [k for k in SIZE_ARGUMENTS if stage.kwargs.get(k) is not None]
+        if sized and not _takes_size(pipe) and i > 0 and plan[i - 1] == "latent":
+            raise ValidationError(
+                f"`{sized[0]}` of stage {i + 1} ({stage.label()!r}) can't be applied: {type(pipe).__name__} takes "
+                f"no {sized[0]} (its size follows its input) and stage {i} hands it latents; set the size "
+                f"on stage {i} or pass latents=False, got {stage.kwargs[sized[0]]!r}"
+            )
+
+
+def _sized_input(pipe, call: dict, current):
+    """The stage's input, resized to the stage's `width`/`height` where its pipeline takes none
+    (it sizes its output from its input and ignores the keywords; the row records them)."""
+    if _takes_size(pipe) or not any(call.get(k) is not None for k in SIZE_ARGUMENTS):
+        return current
+    size = (int(call.get("width") or current.width), int(call.get("height") or current.height))
+    return current if current.size == size else current.resize(size, Image.Resampling.LANCZOS)
 
 
 def run_chain(stages, image=None, *, seed: int = 0, latents: bool | None = None, progress: bool = True) -> ChainResult:

@@ -116,7 +116,7 @@ def step_callback(pipe, on_step) -> dict:
     """Call kwargs that report each denoising step as `on_step(step, total)` (total None when
     the pipeline doesn't say): `callback_on_step_end`, or the legacy `callback` where a pipeline
     has only that (the upscalers). The latents pass through untouched, so images don't change."""
-    accepted = _explicit_parameters(pipe)
+    accepted = explicit_parameters(pipe)
     if "callback_on_step_end" in accepted:
         def callback_on_step_end(pipeline, step, timestep, callback_kwargs):
             on_step(step + 1, getattr(pipeline, "_num_timesteps", None))
@@ -328,7 +328,7 @@ class SpecExecutor:
         for (model, scheduler), items in groups.items():
             pipe = self.pipeline(model)
             base = _pipe_row(pipe, model)  # a passed pipe was checked to be this model
-            no_strength = "strength" not in _explicit_parameters(pipe)
+            no_strength = "strength" not in explicit_parameters(pipe)
             label = model if scheduler is None else f"{model} · {scheduler}"
             with quiet_progress(pipe), _scheduler(pipe, scheduler):
                 base["scheduler_class"] = type(pipe.scheduler).__name__
@@ -343,7 +343,8 @@ class SpecExecutor:
                     yield Outcome(cells[id(p)], image, status, error, seconds, batch_size, row)
 
 
-def _explicit_parameters(pipe) -> set:
+def explicit_parameters(pipe) -> set:
+    """The keywords `pipe.__call__` names (not its `**kwargs`, which swallow anything silently)."""
     import inspect
 
     params = inspect.signature(pipe.__call__).parameters
@@ -357,7 +358,7 @@ def check_call_keys(pipe, cells: list[_Prepared]) -> None:
     must be multiples of the pipeline's VAE factor (`validation.check_sizes`), and `strength` is
     dropped for pipelines without it (the upscalers), which run all their steps.
     """
-    accepted = _explicit_parameters(pipe) | {"height", "width", "strength"}
+    accepted = explicit_parameters(pipe) | {"height", "width", "strength"}
     for p in cells:
         unknown = sorted(set(p.cell.call) - accepted)
         if unknown:
@@ -371,7 +372,7 @@ def check_call_keys(pipe, cells: list[_Prepared]) -> None:
 def rounding_notes(pipe, cells: list[_Prepared]) -> list[str]:
     """One line per init image whose size the pipeline rounds down to its VAE factor, for cells
     that set no `height`/`width` (diffusers rounds silently; the rows record the size produced)."""
-    accepted = _explicit_parameters(pipe)
+    accepted = explicit_parameters(pipe)
     if "height" in accepted or "strength" not in accepted:
         return []  # its own height/width (default or given) set the size; upscalers scale theirs
     factor = size_multiple(pipe)
@@ -434,7 +435,7 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
     then preprocesses and VAE-encodes it once, and nothing is read from disk twice.
     """
     shared = {} if shared is None else shared
-    accepted = _explicit_parameters(pipe)
+    accepted = explicit_parameters(pipe)
     call = dict(prepared.cell.call)
     image = prepared.image
     if ("height" in call or "width" in call) and "height" not in accepted:

@@ -38,6 +38,7 @@ CALL_PIPELINES = call_pipelines()
 # and callables that YAML can't express, or they would break "one image per row".
 _NOT_IN_SPEC = {"generator", "latents", "return_dict", "output_type", "num_images_per_prompt", "ip_adapter_image"}
 
+MAX_STEPS = 10_000  # denoising steps of one call: a typo like 1e400 fails here, not in the scheduler
 MAX_SIZE = 16_384  # px: the largest height/width a spec may ask for (a typo like 64000 fails here, not in the VAE)
 # Numeric call keywords with bounds of their own: name -> (lowest, highest or None). The other
 # numeric keywords need only be finite numbers.
@@ -354,8 +355,8 @@ def _guidance_scales(key, value) -> list:
 def _step_counts(key, value) -> list:
     values = _numbers(key, value, integer=True)
     for v in values:
-        if v < 1:
-            raise ValidationError(f"`num_inference_steps` must be an integer >= 1, got {_shown(v)}")
+        if not 1 <= v <= MAX_STEPS:
+            raise ValidationError(f"`num_inference_steps` must be an integer in [1, {MAX_STEPS}], got {_shown(v)}")
     return values
 
 

@@ -78,6 +78,7 @@ def test_text2img_sd15_then_kandinsky_img2img_decodes_quietly_and_says_so_in_par
     assert _eq(result.image, final)
 
 
+@pytest.mark.heavy
 @pytest.mark.equality
 def test_img2img_then_x2_latent_upscaler_then_x4_upscaler():
     small = lab.load_image("astronaut", size=64)
@@ -222,3 +223,27 @@ def test_run_chain_shows_one_bar_over_its_stages_and_no_pipeline_bars(monkeypatc
     assert dict(getattr(pipe, "_progress_bar_config", {}) or {}) == before  # and come back after
     run_chain(stages, image="astronaut", progress=False)
     assert bars[-1].disable
+
+
+def test_a_stage_size_resizes_the_input_of_a_pipeline_without_height(tmp_path):
+    chain = lab.Chain([("tiny/sd15", {"prompt": "a", "strength": 0.5, "num_inference_steps": 2, "width": 64})],
+                      image="astronaut")
+    result = lab.sweep_chain(chain, {"stage1.height": [64, 96]}, tmp_path, progress=False)
+    assert [result.image(i).size for i in range(2)] == [(64, 64), (64, 96)]
+    assert result.df["stage1.height"].tolist() == [64, 96] and result.df["height"].tolist() == [64, 96]
+
+
+def test_a_stage_size_on_latents_handed_over_is_refused_before_any_stage_runs():
+    fast = {"prompt": "a", "num_inference_steps": 2, "strength": 0.5}
+    with pytest.raises(ValidationError, match=r"^`height` of stage 2 \('tiny/sd15'\) can't be applied: "
+                                              r"StableDiffusionImg2ImgPipeline takes no height"):
+        lab.run_chain([("tiny/sd15", {**fast, "height": 64, "width": 64}), ("tiny/sd15", {**fast, "height": 96})],
+                      image="astronaut", latents=True)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, True])
+def test_chain_seeds_are_checked_like_a_specs(seed):
+    with pytest.raises(ValidationError, match=r"`seed` must be an integer"):  # the spec's own check
+        lab.Chain([("tiny/sd15", {"prompt": "a"})], image="astronaut", seed=seed)
+    with pytest.raises(ValidationError, match=r"`seed` must be an integer in \[0, 2\*\*64 - 1\]"):
+        lab.run_chain([("tiny/sd15", {"prompt": "a", "seed": seed})], image="astronaut")

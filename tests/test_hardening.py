@@ -163,7 +163,8 @@ def test_bad_cli_set_values_are_validated_like_spec_keys(tmp_path, capsys):
     ("strength=.nan", "`strength` must be in [0, 1], got nan"),
     ("guidance_scale=.inf", "`guidance_scale` must be a finite number >= 0, got inf"),
     ("eta=.nan", "`eta` must be a finite number, got nan"),
-    ("num_inference_steps=0", "`num_inference_steps` must be an integer >= 1, got 0"),
+    ("num_inference_steps=0", "`num_inference_steps` must be an integer in [1, 10000], got 0"),
+    ("num_inference_steps=1e400", "`num_inference_steps` must be an integer in [1, 10000], got "),
     ("seed=-1", "`seed` must be an integer in [0, 2**64 - 1], got -1"),
 ])
 def test_bad_cli_set_numbers_name_the_argument_and_value(setting, message, tmp_path, capsys, no_model_loads):
