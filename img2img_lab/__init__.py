@@ -10,21 +10,14 @@ Example:
     ...                        image="cat", strength=[0.4, 0.8]), "runs/demo")
 """
 
-import logging
 from importlib import import_module
+
+from . import quiet
 
 __version__ = "0.1.0"
 
 
-class _NoTorchvisionNotice(logging.Filter):
-    """transformers announces its PIL fallback for every image processor when torchvision is absent
-    (as on CPU-only installs, where torchvision would pull a CUDA torch); the fallback is exact."""
-
-    def filter(self, record):
-        return "requires torchvision (not installed)" not in record.getMessage()
-
-
-logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
+quiet.drop_torchvision_notice()
 
 # public name -> module that defines it
 _EXPORTS = {

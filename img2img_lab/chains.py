@@ -252,8 +252,9 @@ _FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def vae_of(pipe):
-    """The pipeline's image autoencoder: `vae` (SD, SDXL, upscalers) or `movq` (Kandinsky)."""
-    return getattr(pipe, "vae", None) or getattr(pipe, "movq", None)
+    """The pipeline's image autoencoder, where its family keeps it (`Family.vae_component`: `vae`
+    for SD, SDXL and the upscalers, `movq` for Kandinsky 2.2)."""
+    return getattr(pipe, family_of(pipe).vae_component[0], None)
 
 
 def vae_fingerprint(vae) -> str | None:

@@ -19,6 +19,7 @@ from .grid import grid_image
 from .runner import run_sweep
 from .spec import SweepSpec, parse_set
 from .tiny import TINY_MODELS
+from .vocab import ERROR
 
 ROOT = Path(__file__).resolve().parent
 DEMO_SPEC = ROOT / "assets" / "demo.yaml"
@@ -91,7 +92,7 @@ def _summary(result, limit: int = 20) -> str:
 def _failed(result) -> bool:
     """Whether a cell of the sweep just run ended in error (rows of other sweeps don't count)."""
     df, _ = _sweep_rows(result)
-    return bool((df["status"] == "error").any())
+    return bool((df["status"] == ERROR).any())
 
 
 def _is_main_process() -> bool:

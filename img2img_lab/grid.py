@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from .errors import ValidationError
 from .result import parameter_columns
 from .values import LABEL_CHARS, format_value, is_null, norm_value
-from .vocab import OK
+from .vocab import ERROR, FAILED_STATUSES, OK
 
 BACKGROUND = (255, 255, 255)
 PLACEHOLDER_FILL = (200, 200, 200)
@@ -313,7 +313,7 @@ def cell_image(result, row) -> tuple[Image.Image | None, str | None]:
         return None, "not run"
     status = row.get("status", OK)
     if not is_null(status) and status not in (OK, ""):
-        return None, str(status) if status in ("error", "nan") else "error"
+        return None, str(status) if status in FAILED_STATUSES else ERROR
     image = result.image(row)
     return (image, None) if image is not None else (None, "missing")
 

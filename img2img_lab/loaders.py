@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .errors import ValidationError
-from .families import LoadContext, family_of_checkpoint, family_of_class
+from .families import LoadContext, family_of, family_of_checkpoint, family_of_class
 from .quiet import (  # noqa: F401 - CALL_*/LOAD_* and quiet_third_party re-exported with the loaders
     CALL_LOG_NOISE,
     CALL_WARNING_NOISE,
@@ -585,7 +585,7 @@ def _apply_options(pipe, opts) -> None:
             module = getattr(pipe, name, None)
             if module is not None and hasattr(module, "set_attn_processor"):
                 module.set_attn_processor(AttnProcessor2_0())
-    vae = getattr(pipe, "vae", None) or getattr(pipe, "movq", None)
+    vae = getattr(pipe, family_of(pipe).vae_component[0], None)  # `vae`, or Kandinsky's `movq`
     if opts["vae_slicing"] and vae is not None and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
     if opts["vae_tiling"] and vae is not None and hasattr(vae, "enable_tiling"):

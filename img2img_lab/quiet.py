@@ -123,3 +123,18 @@ def user_stacklevel() -> int:
         frame, level = frame.f_back, level + 1  # (the outermost frame if all are ours: `python -m`)
     del frame
     return level
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """transformers announces its PIL fallback for every image processor when torchvision is absent
+    (as on CPU-only installs, where torchvision would pull a CUDA torch); the fallback is exact."""
+
+    def filter(self, record):
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+def drop_torchvision_notice() -> None:
+    """Silence transformers' torchvision notice for the whole session (`import img2img_lab` does it)."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, _NoTorchvisionNotice) for f in logger.filters):
+        logger.addFilter(_NoTorchvisionNotice())
