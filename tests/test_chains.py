@@ -78,7 +78,6 @@ def test_text2img_sd15_then_kandinsky_img2img_decodes_quietly_and_says_so_in_par
     assert _eq(result.image, final)
 
 
-@pytest.mark.heavy
 @pytest.mark.equality
 def test_img2img_then_x2_latent_upscaler_then_x4_upscaler():
     small = lab.load_image("astronaut", size=64)
