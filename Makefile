@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/demo
 
-.PHONY: setup demo test browser lab
+.PHONY: setup demo test test-fast browser lab
 
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -23,6 +23,22 @@ browser:
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-test: setup browser
-	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+# pytest, where exit status 5 (no tests collected) fails too: $(call pytest,ENV,ARGS)
+pytest = $(1) $(PY) -m pytest -q $(2); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# Every test (the heavy tier, the browser tests and the JupyterLab tier included), then the
+# equality tests again at 1 and 16 threads: tests/run_suite.py says how (the fast tier at the
+# default thread count, the rest in two one-thread processes at once); each pytest in it fails
+# on exit status 5 too. With PYTEST_ARGS, one plain pytest with them instead, e.g.
+# `make test PYTEST_ARGS="-k runner -x"`.
+test: setup browser
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(PY) tests/run_suite.py
+else
+	@$(call pytest,,$(PYTEST_ARGS))
+endif
+
+# While editing: the units and tiny end-to-end sweeps, without the heavy tier and the browsers.
+test-fast: setup
+	@$(call pytest,,-m "not (heavy or browser or jupyterlab)" $(PYTEST_ARGS))

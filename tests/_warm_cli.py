@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -92,9 +93,12 @@ class WarmCLI:
                                          stdout=subprocess.PIPE, stderr=self._errors, env=env, text=True)
         self._ready = False
 
-    def _read(self) -> dict:
-        # no timeout: the server answers at once, except for its warm-up (torch's import, however
-        # long a loaded machine takes); if it dies, the pipe closes and this returns
+    def _read(self, timeout: float = 600) -> dict:
+        # the server answers at once, except for its warm-up (torch's import: generous for a
+        # loaded machine); if it dies, the pipe closes and readline returns ""
+        if not select.select([self._process.stdout], [], [], timeout)[0]:
+            self._process.kill()
+            raise AssertionError(f"the warm CLI server did not answer within {timeout:.0f} s")
         line = self._process.stdout.readline()
         if not line:
             self._process.wait(timeout=60)

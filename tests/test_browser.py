@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 NOTEBOOK = Path(__file__).parent / "notebooks" / "explore_tiny.ipynb"
 ROOT = Path(__file__).resolve().parents[1]
 XSS_TEXT = "<script>window.__xss=1</script>"
-PAGE_TIMEOUT_MS = 240_000  # Voila runs the notebook (torch import, tiny sweep) before the widgets show
+PAGE_TIMEOUT_MS = 300_000  # generous for a loaded machine; Voila runs the notebook (torch import, tiny sweep) before the widgets show
 
 # Pixels of every `img` under a selector, decoded by the browser (works for blob: and data: URLs).
 READ_PIXELS = """(els) => els.map((img) => {
@@ -129,13 +129,13 @@ def test_voila_live_explorer_changes_cells_and_never_runs_prompt_markup(page, wo
             except OSError:
                 return False
 
-        _wait_for(ready, timeout=60, what="Voila to listen")
+        _wait_for(ready, timeout=120, what="Voila to listen")
         page.goto(f"http://127.0.0.1:{port}/", timeout=PAGE_TIMEOUT_MS, wait_until="commit")
         page.wait_for_function(IMAGES_LOADED, arg="img.img2img-lab-cell", timeout=PAGE_TIMEOUT_MS, polling=250)
         sweep_dir = workdir / "sweep"
 
         # 2. the grid shows the right cells: seed 0 first
-        _wait_for(lambda: _same(_cell_pixels(page), _grid_expected(sweep_dir, 0)), timeout=30, what="seed 0 cells")
+        _wait_for(lambda: _same(_cell_pixels(page), _grid_expected(sweep_dir, 0)), timeout=60, what="seed 0 cells")
 
         # 3. move the seed slider one step: every cell changes to its seed-1 image
         handle = page.locator(".widget-hslider .noUi-handle").first

@@ -23,6 +23,7 @@ from _browser import CHROMIUM, chromium, free_port, local_page, stop_group, unav
 
 ROOT = Path(__file__).resolve().parents[2]
 VIEWPORT = {"width": 1280, "height": 800}
+SERVER_START_S = 180  # seconds; generous for a loaded machine (it takes a few)
 
 
 class LabServer:
@@ -76,7 +77,7 @@ def lab_server(tmp_path_factory):
     )
     server = LabServer(root, port, process, log_path)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + SERVER_START_S
         while True:
             assert process.poll() is None, f"jupyter lab exited:\n{server.log()}"
             try:
@@ -85,7 +86,7 @@ def lab_server(tmp_path_factory):
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"jupyter lab did not answer in 90 s:\n{server.log()}"
+            assert time.monotonic() < deadline, f"jupyter lab did not answer in {SERVER_START_S} s:\n{server.log()}"
             time.sleep(0.3)
         yield server
     finally:

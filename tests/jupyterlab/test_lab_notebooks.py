@@ -34,7 +34,9 @@ TINY = {
     "05_sweep_report": {"model": "tiny/sd15", "spec": "sweeps/strength.yaml", "strength": [0.4, 0.6, 0.8],
                         "guidance_scale": [1.0, 5.0, 9.0]},
 }
-RUN_TIMEOUT_S = 240
+# seconds; generous for a loaded machine (two suites at once): the waits end as soon as the page is ready
+RUN_TIMEOUT_S = 300
+START_TIMEOUT_S = 180
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 MIN_FIGURE_PX = 200
 
@@ -120,11 +122,11 @@ def _idle(page):
 
 def _run_all(page, lab_server, name: str) -> dict:
     # ?reset: a fresh workspace, not the tabs the earlier tests left open
-    page.goto(lab_server.url(f"lab/tree/{name}.ipynb?reset"), wait_until="domcontentloaded", timeout=90_000)
-    _wait(page, lambda: (page.evaluate(STATE) or {}).get("kernel") == "idle", 90, "the kernel to start")
+    page.goto(lab_server.url(f"lab/tree/{name}.ipynb?reset"), wait_until="domcontentloaded", timeout=START_TIMEOUT_S * 1000)
+    _wait(page, lambda: (page.evaluate(STATE) or {}).get("kernel") == "idle", START_TIMEOUT_S, "the kernel to start")
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-    _wait(page, lambda: (page.evaluate(STATE) or {}).get("running"), 30, "Run All to start", poll=0.2)
+    _wait(page, lambda: (page.evaluate(STATE) or {}).get("running"), 60, "Run All to start", poll=0.2)
     return _wait(page, lambda: _idle(page), RUN_TIMEOUT_S, f"{name} to finish")
 
 
@@ -149,7 +151,7 @@ def _check_explorer(page, explorer, *, fits_height: bool) -> None:
     buttons = explorer.locator("button.img2img-lab-select")
     pick = 1 if buttons.count() > 1 else 0
     buttons.nth(pick).click()
-    _wait(page, lambda: buttons.nth(pick).inner_text().strip() == "selected", 30, "the clicked cell to be selected")
+    _wait(page, lambda: buttons.nth(pick).inner_text().strip() == "selected", 60, "the clicked cell to be selected")
     params = explorer.locator(".img2img-lab-params").first
     chosen = params.inner_text()
 
@@ -159,9 +161,9 @@ def _check_explorer(page, explorer, *, fits_height: bool) -> None:
     options = sort_by.locator("option").all_inner_texts()
     current = sort_by.evaluate("(s) => s.options[s.selectedIndex].text")
     sort_by.select_option(label=next(o for o in options if o != current))
-    _wait(page, lambda: _idle(page), 30, "the kernel after re-sorting")
+    _wait(page, lambda: _idle(page), 60, "the kernel after re-sorting")
     explorer.locator("button", has_text="ascending").first.click()
-    _wait(page, lambda: _idle(page), 30, "the kernel after reversing the order")
+    _wait(page, lambda: _idle(page), 60, "the kernel after reversing the order")
     page.wait_for_timeout(500)
     assert params.inner_text() == chosen, "re-sorting changed the selected image"
     explorer.locator(".lm-TabBar-tab", has_text="grid").first.click()
@@ -170,7 +172,7 @@ def _check_explorer(page, explorer, *, fits_height: bool) -> None:
     # the snippet that reproduces it
     explorer.locator(".lm-TabBar-tab", has_text="code").first.click()
     code = explorer.locator(".img2img-lab-code textarea").first
-    _wait(page, lambda: code.is_visible(), 10, "the code tab")
+    _wait(page, lambda: code.is_visible(), 30, "the code tab")
     snippet = code.input_value()
     assert "lab.load_pipeline(" in snippet and "manual_seed(" in snippet, snippet
     explorer.locator(".lm-TabBar-tab", has_text="grid").first.click()
