@@ -34,6 +34,7 @@ NOT_FAST = "heavy or browser or jupyterlab"
 FIRST = ["tests/jupyterlab", "tests/test_browser.py", "tests/test_distributed.py"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SIXTEEN_THREADS = {"OMP_NUM_THREADS": "16", "MKL_NUM_THREADS": "16"}
+DURATIONS = ["--durations=10"]  # where the time goes, for the 5-minute budget
 
 
 def _equality_files() -> list[str]:
@@ -94,12 +95,14 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="img2img_lab_suite_"))
 
     # 1. the fast tier, at the machine's default thread count, alone
-    fast = Run("fast tier", {}, ["-m", f"not ({NOT_FAST})"])
+    fast = Run("fast tier", {}, ["-m", f"not ({NOT_FAST})", *DURATIONS])
     fast(sys.stdout)
 
     # 2. the rest in two processes at once, one thread each; 3. then the equality reruns
-    first = Run("browser, JupyterLab and multi-process tests (1 thread)", ONE_THREAD, ["-m", NOT_FAST, *FIRST])
-    second = Run("heavy tier (1 thread)", ONE_THREAD, ["-m", NOT_FAST, *(f"--ignore={path}" for path in FIRST)])
+    first = Run("browser, JupyterLab and multi-process tests (1 thread)", ONE_THREAD,
+                ["-m", NOT_FAST, *DURATIONS, *FIRST])
+    second = Run("heavy tier (1 thread)", ONE_THREAD,
+                 ["-m", NOT_FAST, *DURATIONS, *(f"--ignore={path}" for path in FIRST)])
     reruns = [Run("equality tests at 1 thread", ONE_THREAD, equality),
               Run("equality tests at 16 threads", SIXTEEN_THREADS, equality)]
     queue, lock = list(reruns), threading.Lock()
