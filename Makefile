@@ -5,7 +5,7 @@ OUT ?= runs/demo
 
 .PHONY: setup demo test test-fast browser lab
 
-$(VENV)/.installed: pyproject.toml scripts/setup_env.sh
+$(VENV)/.installed: pyproject.toml setup.py scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
 	touch $@
 
