@@ -34,7 +34,7 @@ from .store import SweepStore
 from .spec import SweepSpec, tiny_size_note
 from .torchutil import free_memory, generator, is_nan_image, is_out_of_memory, resolve_device
 from .validation import check_sizes, size_multiple
-from .vocab import BATCHED_TOLERANCE, ERROR, NAN, OK, effective_steps, is_tiny, is_url
+from .vocab import ERROR, NAN, OK, effective_steps, is_tiny, is_url
 
 
 @dataclass
@@ -129,8 +129,6 @@ def step_callback(pipe, on_step) -> dict:
 
 
 def _pipe_row(pipe, model_label: str) -> dict:
-    import torch
-
     denoiser = getattr(pipe, denoiser_name(pipe), None)
     dtype = getattr(denoiser, "dtype", None) if denoiser is not None else None
     device = getattr(pipe, "device", None)

@@ -3,7 +3,7 @@
 - a cell run as one call (`batched=False`, `exact=True`) equals the direct diffusers call and its
   explorer snippet bit for bit, at whatever thread count both run (`make test` reruns the
   `equality` tests at 1 and 16 threads);
-- a batched cell equals it within `runner.BATCHED_TOLERANCE` 8-bit levels;
+- a batched cell equals it within `vocab.BATCHED_TOLERANCE` 8-bit levels;
 - `exact=True` / `--exact`: one call per cell under deterministic algorithms, recorded per row.
 """
 
@@ -17,6 +17,7 @@ from img2img_lab import runner
 from img2img_lab.cli import main
 from img2img_lab.errors import ValidationError
 from img2img_lab.store import SweepStore
+from img2img_lab.vocab import BATCHED_TOLERANCE
 from img2img_lab.widgets import code_snippet
 
 SPEC = dict(model="tiny/sd15", prompt="a cat", image="astronaut", strength=[0.5, 0.8], guidance_scale=5.0,
@@ -62,7 +63,7 @@ def test_batched_cells_stay_within_the_stated_tolerance_and_say_so(exact_run, tm
     for key in exact_run.df["key"]:
         a = np.asarray(exact_run.image(key)).astype(int)
         b = np.asarray(batched.image(key)).astype(int)
-        assert np.abs(a - b).max() <= runner.BATCHED_TOLERANCE
+        assert np.abs(a - b).max() <= BATCHED_TOLERANCE
     code = code_snippet(batched, 0)
     assert code.startswith("# This cell ran in a batch of 2: this code gives its image within 1 8-bit level")
     assert "exact=True" in code.splitlines()[1] and "use_deterministic_algorithms" not in code

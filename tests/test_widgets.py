@@ -10,7 +10,7 @@ from PIL import Image
 
 from _fake_sweep import make_fake_sweep
 from img2img_lab.errors import ValidationError
-from img2img_lab.runner import BATCHED_TOLERANCE
+from img2img_lab.vocab import BATCHED_TOLERANCE
 from img2img_lab.widgets import CSS, code_snippet, explore
 
 XSS = "<script>window.__xss=1</script><img src=x onerror='window.__xss=2'>"
