@@ -98,7 +98,14 @@ def validate_options(options: dict) -> dict:
     _check_choice("attention", opts["attention"], ATTENTION)
     if opts["compile"] not in COMPILE_MODES:
         raise ValidationError(f"`compile` must be one of {list(COMPILE_MODES)}, got {opts['compile']!r}")
-    for flag in ("use_safetensors", "allow_pickle", "vae_slicing", "vae_tiling", "cache"):
+    layers = opts["pag_applied_layers"]
+    if layers is not None:
+        if not opts["enable_pag"]:
+            raise ValidationError(f"`pag_applied_layers`={layers!r} needs enable_pag=True")
+        items = [layers] if isinstance(layers, str) else layers
+        if not isinstance(items, (list, tuple)) or not items or not all(isinstance(x, str) and x for x in items):
+            raise ValidationError(f"`pag_applied_layers` must be a layer name or a list of them (e.g. 'mid'), got {layers!r}")
+    for flag in ("use_safetensors", "allow_pickle", "vae_slicing", "vae_tiling", "cache", "enable_pag"):
         if not isinstance(opts[flag], bool):
             raise ValidationError(f"`{flag}` must be True or False, got {opts[flag]!r}")
     if opts["variant"] is not None and not isinstance(opts["variant"], str):
@@ -458,6 +465,13 @@ def _load_pretrained(source: str, opts, tiny: str | None = None):
     extra = family.load_extras(_load_context(source, class_name, opts, tiny))
     direct = family.loader_class(class_name)
     loader = getattr(diffusers, direct).from_pretrained if direct else AutoPipelineForImage2Image.from_pretrained
+    if opts["enable_pag"]:  # AutoPipeline maps the class to its PAG variant
+        if direct:
+            raise ValidationError(f"`enable_pag`=True: {class_name} ({source!r}) has no PAG variant in diffusers")
+        extra["enable_pag"] = True
+        if opts["pag_applied_layers"] is not None:
+            layers = opts["pag_applied_layers"]
+            extra["pag_applied_layers"] = [layers] if isinstance(layers, str) else list(layers)
     # 3. the weights
     try:
         return _from_pretrained_with_variant(loader, source, opts, **hub, **extra)

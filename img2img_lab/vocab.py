@@ -91,6 +91,8 @@ DEFAULT_OPTIONS = {
     "prior": None,            # Kandinsky 2.2 prior: hub id or local folder
     "vae": None,              # replacement VAE: hub id or folder (e.g. madebyollin/sdxl-vae-fp16-fix)
     "config": None,           # single-file loads: diffusers-layout folder or hub id for the config
+    "enable_pag": False,      # Perturbed-Attention Guidance: AutoPipeline's PAG variant of the pipeline
+    "pag_applied_layers": None,  # PAG's layers ("mid", ["down.block_2", ...]); None: the pipeline's default
     "revision": None,
     "cache": True,            # reuse an already loaded pipeline with the same model and options
 }
@@ -98,7 +100,8 @@ DEFAULT_OPTIONS = {
 # (device, offload, attention, compile, vae_slicing/tiling, cache, use_safetensors, allow_pickle)
 # are meant to give the same picture faster or in less memory; keying on them would recompute a
 # whole sweep because it was resumed on a smaller GPU with offloading.
-PIXEL_OPTIONS = ("dtype", "variant", "controlnet", "prior", "vae", "config", "revision")
+PIXEL_OPTIONS = ("dtype", "variant", "controlnet", "prior", "vae", "config", "revision", "enable_pag",
+                 "pag_applied_layers")
 
 # --------------------------------------------------------------------------------------------
 # denoising steps

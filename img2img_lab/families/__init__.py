@@ -8,7 +8,10 @@ of the package asks the lookups below instead of naming pipeline classes:
   (`base.GENERIC`, the defaults, when none covers it);
 - `family_of_tiny(name)`: the family that builds a tiny model;
 - `family_of_checkpoint(model_type)`: the family of a single-file layout (diffusers' name);
-- `tiny_models()`, `call_pipelines()`: every family's tiny models and call-keyword pipelines.
+- `tiny_models()`, `call_pipelines()`: every family's tiny models and call-keyword pipelines;
+- `entries()` / `entry(key)`: the key table, one `Entry` per image-to-image pipeline (the rows of
+  `lab.families()`, the names of `tiny/<key>` and `bench_sweep.py --family <key>`);
+- `tiny_call(name)`: the call arguments a tiny twin's cells always get (small working sizes).
 
 Adding a family: write `families/<name>.py` with its `FAMILY`, and add its module name to
 `REGISTRY` below. Nothing here imports torch or diffusers.
@@ -19,7 +22,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from ..errors import ValidationError
-from .base import GENERIC, Family, LoadContext, StepBatching, TinyModel
+from .base import GENERIC, Entry, Family, LoadContext, StepBatching, TinyModel
 
 # The registry: one line per family module, in lookup order (the first family that detects a
 # pipeline class is its family) and in the order of TINY_MODELS.
@@ -34,9 +37,9 @@ REGISTRY = (
 FAMILIES: tuple[Family, ...] = tuple(import_module(f"{__name__}.{name}").FAMILY for name in REGISTRY)
 
 __all__ = [
-    "FAMILIES", "GENERIC", "REGISTRY", "Family", "LoadContext", "StepBatching", "TinyModel",
-    "by_key", "call_pipelines", "family_of", "family_of_checkpoint", "family_of_class", "family_of_tiny",
-    "tiny_models",
+    "FAMILIES", "GENERIC", "REGISTRY", "Entry", "Family", "LoadContext", "StepBatching", "TinyModel",
+    "by_key", "call_pipelines", "entries", "entry", "family_of", "family_of_checkpoint", "family_of_class",
+    "family_of_tiny", "tiny_call", "tiny_models",
 ]
 
 
@@ -90,3 +93,25 @@ def tiny_models() -> dict[str, str]:
 def call_pipelines() -> dict[str, str]:
     """The pipelines whose `__call__` keywords a spec may set: class -> its file in diffusers."""
     return {cls: path for family in FAMILIES for cls, path in family.call_pipelines.items()}
+
+
+def entries() -> tuple[Entry, ...]:
+    """The key table: every family's entries, in registry order (one per image-to-image pipeline)."""
+    return tuple(e for family in FAMILIES for e in family.entries)
+
+
+def entry(key: str) -> Entry:
+    """The key table's entry `key` ("flux-kontext", "sd15", ...)."""
+    for e in entries():
+        if e.key == key:
+            return e
+    raise ValidationError(f"`family` must be one of {[e.key for e in entries()]}, got {key!r}")
+
+
+def tiny_call(name: str) -> dict:
+    """The call arguments every cell of tiny model `name` gets (e.g. Kontext's `max_area`), or {}."""
+    for family in FAMILIES:
+        for model in family.tiny_models:
+            if model.name == name:
+                return dict(model.call)
+    return {}

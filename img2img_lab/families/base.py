@@ -25,7 +25,7 @@ diffusers or the rest of the package (but `errors`), so the registry is cheap to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -43,6 +43,40 @@ class TinyModel:
     name: str
     description: str
     build: Callable[[Path], None]
+    # Call arguments every cell of this twin gets (in its call, content key, row and snippet), so a
+    # pipeline that would otherwise enlarge a small picture (Kontext's ~1 MP, Qwen-Image-Edit's
+    # ~1024 px reference) stays at the twin's size: the pipeline's own options, e.g. {"max_area": 4096}.
+    call: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the key table (`lab.families()`): one image-to-image pipeline a family covers.
+
+    Args:
+        key: the one name of this row: `tiny/<key>` where it has a twin of its own, the CLI's
+            `models` table, `bench_sweep.py --family <key>` ("flux-kontext", "sd15", ...).
+        pipeline: the diffusers image-to-image class ("FluxKontextPipeline").
+        checkpoint: a typical real checkpoint id ("black-forest-labs/FLUX.1-Kontext-dev").
+        mapping_key: its key in diffusers' `AUTO_IMAGE2IMAGE_PIPELINES_MAPPING`, or None.
+        tiny: the tiny model that loads as this pipeline (with `load`), or None.
+        load: the `load_pipeline` options that make it from `tiny` (or a real checkpoint of the
+            shared layout): {"enable_pag": True}, {"controlnet": "tiny/controlnet-sd15"}.
+        single_file: whether diffusers loads an original single `.safetensors` of it
+            (`from_single_file`), and img2img_lab with it.
+        image_list: whether `image` takes several reference pictures (multi-image editing).
+        note: what a user should know (shared layout, a missing component class, forced sizes).
+    """
+
+    key: str
+    pipeline: str
+    checkpoint: str
+    mapping_key: str | None = None
+    tiny: str | None = None
+    load: Mapping[str, Any] = field(default_factory=dict)
+    single_file: bool = False
+    image_list: bool = False
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +179,14 @@ class Family:
     latent_input: frozenset = frozenset()   # classes whose `image` may be latents from the same VAE
     text2img: bool = True                   # has a text-to-image relative (`related_pipeline`)
     vae_component: tuple = ("vae", "AutoencoderKL")  # (pipeline attribute, diffusers class) of `vae=`
+    controlnet_class: str = "ControlNetModel"  # the diffusers class `controlnet=` sources load as
+    # class -> {argument: value}: where the spec is silent, what a cell runs with when it is not the
+    # signature's default (FLUX.1's distilled guidance 3.5, its model card's and FluxPipeline's value)
+    call_defaults: Mapping[str, Mapping[str, Any]] = {}
+    # argument -> what to use instead, when this family's pipelines lack it (the knob check's hint)
+    knob_hints: Mapping[str, str] = {}
+    # the key table: one Entry per image-to-image pipeline of this family
+    entries: tuple = ()
     # 5. batching
     batching: StepBatching | None = None
     batching_reason: str = "no per-step batching pieces: each cell runs as one pipeline call"
@@ -176,7 +218,7 @@ class Family:
             if "controlnet" not in self.options:
                 raise ValidationError(f"`controlnet` can't be used with the {self.title} {ctx.source!r} ({ctx.class_name})")
             controlnets = opts["controlnet"]
-            loaded = [ctx.load_component(c, "ControlNetModel", "controlnet")
+            loaded = [ctx.load_component(c, self.controlnet_class, "controlnet")
                       for c in (controlnets if isinstance(controlnets, (list, tuple)) else [controlnets])]
             extra["controlnet"] = loaded if isinstance(controlnets, (list, tuple)) else loaded[0]
         if opts["vae"] is not None and "vae" in self.options:
@@ -233,6 +275,18 @@ class Family:
         if te1 is not None and tok1 is not None and "CLIP" in type(te1).__name__ and not hasattr(pipe, "prior"):
             return "sd"
         return None
+
+    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> str | None:
+        """Why a cell's call (its pipeline arguments, defaults filled in) would silently not do
+        what it says on a `class_name` pipeline, or None. The default: nothing to say.
+
+        E.g. FLUX.1 reads `negative_prompt` only with `true_cfg_scale` > 1.
+        """
+        return None
+
+    def speed_path(self, class_name: str) -> str:
+        """'batched' when the batched engine runs `class_name`'s cells, else 'per cell: <why>'."""
+        return "batched" if self.batching is not None else f"per cell: {self.batching_reason}"
 
     def __repr__(self) -> str:
         return f"<family {self.key!r}: {self.title}>"

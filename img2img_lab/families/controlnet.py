@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import tiny_parts as parts
-from .base import Family, TinyModel
+from .base import Entry, Family, TinyModel
 from .sd import CONTROLNET_IMG2IMG as SD_IMG2IMG
 from .sd import SD15_UNET
 from .sdxl import CONTROLNET_IMG2IMG as SDXL_IMG2IMG
@@ -57,6 +57,11 @@ class ControlNet(Family):
     )
     call_pipelines = {SD_IMG2IMG: "pipelines/controlnet/pipeline_controlnet_img2img.py"}
     picture_args = ("control_image",)
+    entries = (
+        Entry("controlnet-sd15", SD_IMG2IMG, "lllyasviel/control_v11f1p_sd15_depth", mapping_key="stable-diffusion-controlnet",
+              tiny="tiny/sd15", load={"controlnet": "tiny/controlnet-sd15"}, single_file=True,
+              note="an SD 1.x checkpoint with controlnet=<ControlNetModel>; the checkpoint id is the ControlNet's"),
+    )
     latent_input = frozenset({SD_IMG2IMG, SDXL_IMG2IMG})
     batching_reason = ("the ControlNet residuals of each call have no batching pieces: each cell runs as one "
                        "pipeline call")

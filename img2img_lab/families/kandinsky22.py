@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ValidationError
 from . import tiny_parts as parts
-from .base import Family, LoadContext, TinyModel
+from .base import Entry, Family, LoadContext, TinyModel
 
 COMBINED_IMG2IMG = "KandinskyV22Img2ImgCombinedPipeline"
 # Decoder classes that load together with a prior's components.
@@ -196,6 +196,10 @@ class Kandinsky22(Family):
     options = ("controlnet", "vae", "prior")
     call_pipelines = {COMBINED_IMG2IMG: "pipelines/kandinsky2_2/pipeline_kandinsky2_2_combined.py"}
     vae_component = ("movq", "VQModel")
+    entries = (
+        Entry("kandinsky22", COMBINED_IMG2IMG, "kandinsky-community/kandinsky-2-2-decoder", mapping_key="kandinsky22",
+              tiny="tiny/kandinsky22", note="its prior loads beside it (`prior` option; the tiny one from prior/)"),
+    )
     batching_reason = ("Kandinsky 2.2 runs its prior before the decoder and encodes with a MoVQ; it has no "
                        "batching pieces: each cell runs as one pipeline call")
 

@@ -11,10 +11,11 @@ from types import SimpleNamespace
 
 from ..errors import ValidationError
 from . import tiny_parts as parts
-from .base import Family, TinyModel
+from .base import Entry, Family, TinyModel
 
 IMG2IMG = "StableDiffusionImg2ImgPipeline"
 CONTROLNET_IMG2IMG = "StableDiffusionControlNetImg2ImgPipeline"
+PAG_IMG2IMG = "StableDiffusionPAGImg2ImgPipeline"
 
 # One SD 1.x UNet layout, shared by tiny/sd15 and its ControlNet so they stay compatible.
 SD15_UNET = dict(
@@ -111,16 +112,29 @@ class SDBatching:
 class StableDiffusion(Family):
     key = "sd"
     title = "Stable Diffusion 1.x/2.x pipeline"
-    classes = frozenset({"StableDiffusionPipeline", IMG2IMG, "StableDiffusionInpaintPipeline"})
+    classes = frozenset({"StableDiffusionPipeline", IMG2IMG, "StableDiffusionInpaintPipeline", PAG_IMG2IMG})
     checkpoint_types = ("v1", "v2")
     tiny_models = (
         TinyModel("tiny/sd15", "random-weight smoke model, Stable Diffusion 1.5 layout (pictures are noise, code paths real)",
                   build_sd15),
     )
-    call_pipelines = {IMG2IMG: "pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py"}
+    call_pipelines = {IMG2IMG: "pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py",
+                      PAG_IMG2IMG: "pipelines/pag/pipeline_pag_sd_img2img.py"}
+    entries = (
+        Entry("sd15", IMG2IMG, "stable-diffusion-v1-5/stable-diffusion-v1-5", mapping_key="stable-diffusion",
+              tiny="tiny/sd15", single_file=True, note="SD 2.x checkpoints load the same way"),
+        Entry("sd-pag", PAG_IMG2IMG, "stable-diffusion-v1-5/stable-diffusion-v1-5", mapping_key="stable-diffusion-pag",
+              tiny="tiny/sd15", load={"enable_pag": True},
+              note="an SD 1.x checkpoint with enable_pag=True (pag_applied_layers to choose layers): shares tiny/sd15"),
+    )
     latent_input = frozenset({IMG2IMG})
     batching = SDBatching()
     batching_reason = ""
+
+    def speed_path(self, class_name: str) -> str:
+        if class_name == IMG2IMG:
+            return "batched"
+        return f"per cell: {class_name} is not {IMG2IMG}: its guidance has no batching pieces"
 
     def single_file_class(self, path: str, model_type: str, keys, controlnet: bool) -> str | None:
         if not model_type.startswith(self.checkpoint_types):

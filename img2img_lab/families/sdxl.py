@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import tiny_parts as parts
-from .base import Family, TinyModel
+from .base import Entry, Family, TinyModel
 
 IMG2IMG = "StableDiffusionXLImg2ImgPipeline"
+PAG_IMG2IMG = "StableDiffusionXLPAGImg2ImgPipeline"
 CONTROLNET_IMG2IMG = "StableDiffusionXLControlNetImg2ImgPipeline"
 
 
@@ -93,7 +94,7 @@ def build_sdxl_refiner(folder: Path) -> None:
 class StableDiffusionXL(Family):
     key = "sdxl"
     title = "SDXL pipeline"
-    classes = frozenset({"StableDiffusionXLPipeline", IMG2IMG, "StableDiffusionXLInpaintPipeline"})
+    classes = frozenset({"StableDiffusionXLPipeline", IMG2IMG, "StableDiffusionXLInpaintPipeline", PAG_IMG2IMG})
     checkpoint_types = ("xl", "playground")
     tiny_models = (
         TinyModel("tiny/sdxl", "random-weight smoke model, SDXL base layout with two text encoders "
@@ -101,7 +102,17 @@ class StableDiffusionXL(Family):
         TinyModel("tiny/sdxl-refiner", "random-weight smoke model, SDXL refiner layout with aesthetic score "
                                        "(pictures are noise, code paths real)", build_sdxl_refiner),
     )
-    call_pipelines = {IMG2IMG: "pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl_img2img.py"}
+    call_pipelines = {IMG2IMG: "pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl_img2img.py",
+                      PAG_IMG2IMG: "pipelines/pag/pipeline_pag_sd_xl_img2img.py"}
+    entries = (
+        Entry("sdxl", IMG2IMG, "stabilityai/stable-diffusion-xl-base-1.0", mapping_key="stable-diffusion-xl",
+              tiny="tiny/sdxl", single_file=True),
+        Entry("sdxl-refiner", IMG2IMG, "stabilityai/stable-diffusion-xl-refiner-1.0", mapping_key="stable-diffusion-xl",
+              tiny="tiny/sdxl-refiner", single_file=True, note="the refiner: second text encoder only, aesthetic score"),
+        Entry("sdxl-pag", PAG_IMG2IMG, "stabilityai/stable-diffusion-xl-base-1.0", mapping_key="stable-diffusion-xl-pag",
+              tiny="tiny/sdxl", load={"enable_pag": True},
+              note="an SDXL checkpoint with enable_pag=True (pag_applied_layers to choose layers): shares tiny/sdxl"),
+    )
     latent_input = frozenset({IMG2IMG})
     batching_reason = ("SDXL's added conditioning (pooled text embeddings, time ids) has no batching "
                        "pieces yet: each cell runs as one pipeline call")

@@ -125,3 +125,67 @@ def sd_scheduler_kwargs() -> dict:
 def save(model, folder: Path) -> None:
     """`save_pretrained` in safetensors: a pipeline or a single model, as a downloaded checkpoint has it."""
     model.save_pretrained(folder, safe_serialization=True)
+
+
+# --------------------------------------------------------------------------------------------
+# T5 (FLUX's and SD3's second/third text encoder, DeepFloyd IF's and Kandinsky 3's only one)
+
+T5_HIDDEN = 32
+
+
+def t5_tokenizer(model_max_length: int = 512):
+    """A real T5 tokenizer (sentencepiece-style Unigram, built with `tokenizers`), offline.
+
+    Its vocabulary: `<pad>` 0, `</s>` 1, `<unk>` 2 as T5's, the word boundary `▁`, the printable
+    ASCII characters and `▁a`..`▁z`: every text tokenizes, one token per character mostly.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    vocab += [(chr(c), -2.0) for c in range(32, 127)] + [("▁" + chr(c), -1.5) for c in range(97, 123)]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=model_max_length)
+
+
+T5_VOCAB = 4 + 95 + 26  # the size of `t5_tokenizer()`'s vocabulary
+
+
+def t5_encoder(hidden: int = T5_HIDDEN, **overrides):
+    """A seeded tiny `T5EncoderModel` over `t5_tokenizer()`'s vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = dict(vocab_size=T5_VOCAB, d_model=hidden, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                  relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    config.update(overrides)
+    return seeded(T5EncoderModel, T5Config(**config))
+
+
+# --------------------------------------------------------------------------------------------
+# Qwen2 byte-level BPE (Qwen-Image's, Z-Image's and FLUX.2 [klein]'s tokenizers)
+
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>")
+
+
+def qwen2_tokenizer(extra_special: tuple = ()):
+    """A real `Qwen2Tokenizer`: the 256 byte characters, no merges, then Qwen's special tokens
+    (chat markers and the vision placeholders Qwen2.5-VL's processor inserts) and `extra_special`.
+    Returns the tokenizer; its vocabulary size is `len(tokenizer)`."""
+    from transformers import Qwen2Tokenizer
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        tok = Qwen2Tokenizer.from_pretrained(folder, local_files_only=True, unk_token=None,
+                                             bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                             errors="replace")
+        tok.add_special_tokens({"additional_special_tokens": [t for t in QWEN_SPECIAL + tuple(extra_special)
+                                                              if t != "<|endoftext|>"]})
+        return tok

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import tiny_parts as parts
-from .base import Family, TinyModel
+from .base import Entry, Family, TinyModel
 
 LATENT_X2 = "StableDiffusionLatentUpscalePipeline"
 X4 = "StableDiffusionUpscalePipeline"
@@ -109,6 +109,12 @@ class Upscalers(Family):
         X4: "pipelines/stable_diffusion/pipeline_stable_diffusion_upscale.py",
     }
     latent_input = frozenset({LATENT_X2})
+    entries = (
+        Entry("sd-x2-latent-upscaler", LATENT_X2, "stabilityai/sd-x2-latent-upscaler", tiny="tiny/sd-x2-latent-upscaler",
+              note="takes SD latents or pixels, no strength: a chain's second stage"),
+        Entry("sd-x4-upscaler", X4, "stabilityai/stable-diffusion-x4-upscaler", tiny="tiny/sd-x4-upscaler",
+              note="pixels in, 4x pixels out, no strength (noise_level instead)"),
+    )
     text2img = False
     batching_reason = "upscalers take no strength and have no batching pieces: each cell runs as one pipeline call"
 
