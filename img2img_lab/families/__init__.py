@@ -30,6 +30,7 @@ REGISTRY = (
     "sd",
     "sdxl",
     "kandinsky22",
+    "lcm",
     "controlnet",
     "upscalers",
 )
