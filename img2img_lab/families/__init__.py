@@ -31,6 +31,7 @@ REGISTRY = (
     "sdxl",
     "kandinsky22",
     "lcm",
+    "kandinsky",
     "controlnet",
     "upscalers",
 )
