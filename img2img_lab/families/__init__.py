@@ -32,6 +32,7 @@ REGISTRY = (
     "kandinsky22",
     "lcm",
     "kandinsky",
+    "sd3",
     "controlnet",
     "upscalers",
 )
