@@ -33,6 +33,7 @@ REGISTRY = (
     "lcm",
     "kandinsky",
     "sd3",
+    "flux",
     "controlnet",
     "upscalers",
 )
