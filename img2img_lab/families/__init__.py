@@ -34,6 +34,8 @@ REGISTRY = (
     "kandinsky",
     "sd3",
     "flux",
+    "kandinsky3",
+    "deepfloyd_if",
     "controlnet",
     "upscalers",
 )
