@@ -36,6 +36,8 @@ REGISTRY = (
     "flux",
     "kandinsky3",
     "deepfloyd_if",
+    "qwenimage",
+    "zimage",
     "controlnet",
     "upscalers",
 )
