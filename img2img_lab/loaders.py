@@ -400,8 +400,15 @@ def _load_component(value, cls_name: str, opts, what: str):
         kwargs.update(hub_access(src, what, filename="config.json", tiny=tiny))
     if opts["use_safetensors"] and not opts["allow_pickle"]:
         kwargs["use_safetensors"] = True
+    path = str(Path(src).expanduser()) if kind == "folder" else src
     try:
-        return cls.from_pretrained(str(Path(src).expanduser()) if kind == "folder" else src, **kwargs)
+        if cls_name == "ControlNetModel":
+            # a ControlNet-Union checkpoint names its own class (AutoPipeline then picks the Union
+            # pipeline); loaded as a ControlNetModel its union weights would be dropped with a warning
+            local = {k: v for k, v in kwargs.items() if k in ("local_files_only", "revision", "token")}
+            if cls.load_config(path, **local).get("_class_name") == "ControlNetUnionModel":
+                cls = diffusers.ControlNetUnionModel
+        return cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ValidationError(f"`{what}` {value!r} could not be loaded: {str(exc).splitlines()[0][:300]}") from None
 

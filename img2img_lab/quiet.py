@@ -23,6 +23,9 @@ CALL_LOG_NOISE = (
     re.compile(r"^The following part of your input was truncated because CLIP can only handle"),
     re.compile(r"^Token indices sequence length is longer than the specified maximum sequence length"),
     re.compile(r"^There are modules in \w+ that should be kept in float32"),
+    # DeepFloyd IF, per prompt, where ftfy/bs4 are not installed (a direct call cleans no caption either)
+    re.compile(r"^Setting `clean_caption=True` requires the"),
+    re.compile(r"^Setting `clean_caption` to False"),
 )
 # warnings raised inside diffusers by diffusers' own calls (message regex, category)
 CALL_WARNING_NOISE = (

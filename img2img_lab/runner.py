@@ -25,6 +25,7 @@ from .control import prepare_control_image
 from .errors import ValidationError
 from .families import family_of
 from .images import image_hash, load_image
+from .knobs import check_knobs, known_class, resolve_call
 from .loaders import (denoiser_name, load_pipeline, quiet_call, resolve_dtype, set_scheduler, user_stacklevel,
                       validate_options)
 from .loop import Outcome, Progress, Todo, distributed_state, error_text, resolve_exact, run_cells
@@ -265,6 +266,8 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
         validate_options(dict(spec.options))  # device/dtype/offload checks before any cell runs
     else:
         _check_pipe_matches(pipe, spec)
+    if pipe is None:
+        check_knobs_before_loading(spec)  # tiny models' classes are known: refuse a knob none takes now
     store = SweepStore(out_dir)
 
     # 2. expand the grid into cells with content keys; say once what the user should know about it
@@ -285,6 +288,18 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
     return SweepResult(df=df, out_dir=store.root, spec=spec, meta=meta)
 
 
+def check_knobs_before_loading(spec) -> dict | None:
+    """`knobs.check_knobs` over the spec's cells when every model's class is known without loading
+    it (tiny twins); None when some model must be loaded first (then `SpecExecutor.check` does it)."""
+    classes = {str(m): known_class(m, spec.options) for m in spec.model}
+    if any(cls is None for cls in classes.values()):
+        return None
+    calls: dict = {model: (cls, []) for model, cls in classes.items()}
+    for cell in spec.cells():
+        calls[str(cell.model)][1].append(dict(cell.call))
+    return check_knobs(calls)
+
+
 class SpecExecutor:
     """Runs a spec's cells for the sweep loop: grouped by (model, scheduler) so each pipeline loads
     once, batched through the denoiser where the cells share a timestep grid, else one call each."""
@@ -293,6 +308,7 @@ class SpecExecutor:
         self.spec, self.pipe, self.batched, self.max_batch_size = spec, pipe, batched, max_batch_size
         self.options = dict(spec.options)
         self.said: set = set()  # long-prompt notices already given: once per sweep, not per model
+        self.skipped: dict = {}  # model -> arguments of the spec it doesn't take (knobs.check_knobs)
 
     def groups(self, todo: list[Todo]) -> dict:
         """The cells to run per (model, scheduler), in the order they first appear."""
@@ -309,6 +325,11 @@ class SpecExecutor:
         """Before any cell runs: every model's cells against its loaded pipeline (call keywords,
         sizes against its VAE factor), and a note for init images the pipeline will round."""
         said = set()
+        calls: dict = {}
+        for (model, _), items in groups.items():
+            pipe = self.pipeline(model)
+            calls.setdefault(model, (type(pipe).__name__, []))[1].extend(dict(item.work.cell.call) for item in items)
+        self.skipped = check_knobs(calls)
         for (model, _), items in groups.items():
             pipe = self.pipeline(model)
             check_call_keys(pipe, [item.work for item in items])
@@ -326,7 +347,6 @@ class SpecExecutor:
         for (model, scheduler), items in groups.items():
             pipe = self.pipeline(model)
             base = _pipe_row(pipe, model)  # a passed pipe was checked to be this model
-            no_strength = "strength" not in explicit_parameters(pipe)
             label = model if scheduler is None else f"{model} · {scheduler}"
             with quiet_progress(pipe), _scheduler(pipe, scheduler):
                 base["scheduler_class"] = type(pipe.scheduler).__name__
@@ -335,10 +355,22 @@ class SpecExecutor:
                     pipe, [item.work for item in items], batched=self.batched, max_batch_size=self.max_batch_size,
                     progress=progress, label=label, said=self.said,
                 ):
-                    row = {**base, "batched": engine}
-                    if no_strength:  # upscalers: no strength, every step runs
-                        row.update(strength=None, effective_steps=int(p.row["num_inference_steps"]))
+                    row = {**base, "batched": engine, **knob_row(pipe, p, self.skipped.get(model, ()))}
                     yield Outcome(cells[id(p)], image, status, error, seconds, batch_size, row)
+
+
+def knob_row(pipe, p: _Prepared, skipped=()) -> dict:
+    """What a cell's row records of its pipeline's knobs: the default each silent argument ran with,
+    which arguments those were (`pipeline_defaults`), the spec's arguments this pipeline does not
+    take or ignores (`not_applied`), and the denoising steps it really ran (`effective_steps`)."""
+    resolved = resolve_call(pipe, dict(p.cell.call))
+    not_applied = sorted(set(resolved.not_applied) | set(skipped))
+    return {
+        **resolved.used,
+        "pipeline_defaults": ",".join(sorted(resolved.used)),
+        "not_applied": ",".join(not_applied),
+        "effective_steps": effective_steps(resolved.call),
+    }
 
 
 def explicit_parameters(pipe) -> set:
@@ -350,19 +382,19 @@ def explicit_parameters(pipe) -> set:
 
 
 def check_call_keys(pipe, cells: list[_Prepared]) -> None:
-    """Every call keyword must be one the loaded pipeline takes: checked before any cell runs.
-
-    `height`/`width` are fine everywhere (pipelines without them get the init image resized) but
-    must be multiples of the pipeline's VAE factor (`validation.check_sizes`), and `strength` is
-    dropped for pipelines without it (the upscalers), which run all their steps.
-    """
-    accepted = explicit_parameters(pipe) | {"height", "width", "strength"}
+    """Before any cell runs: each call as `pipe` will get it (`knobs.resolve_call`: the pipeline's
+    defaults where the spec is silent, without the arguments it doesn't take, which the sweep-wide
+    `knobs.check_knobs` allowed) must denoise at least once, and its `height`/`width` must be
+    multiples of the pipeline's VAE factor (`validation.check_sizes`; pipelines without them get the
+    init image resized)."""
     for p in cells:
-        unknown = sorted(set(p.cell.call) - accepted)
-        if unknown:
+        call = resolve_call(pipe, dict(p.cell.call)).call
+        runs = effective_steps(call)
+        if "strength" in call and runs is not None and runs < 1 and call.get("denoising_start") is None:
             raise ValidationError(
-                f"`{unknown[0]}` is not an argument of {type(pipe).__name__} (model {p.cell.model!r}); "
-                f"remove it from the spec or use a pipeline that takes it"
+                f"cell strength={call['strength']!r}, num_inference_steps={call['num_inference_steps']!r} of model "
+                f"{p.cell.model!r} runs int({call['num_inference_steps']}*{call['strength']!r})={runs} denoising "
+                f"steps ({type(pipe).__name__}'s defaults filled in): raise `strength` or `num_inference_steps`"
             )
         check_sizes(pipe, p.cell.model, p.cell.call)
 
@@ -434,18 +466,20 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
     """
     shared = {} if shared is None else shared
     accepted = explicit_parameters(pipe)
-    call = dict(prepared.cell.call)
+    call = resolve_call(pipe, dict(prepared.cell.call)).call  # defaults filled in, what it doesn't take left out
     image = prepared.image
-    if ("height" in call or "width" in call) and "height" not in accepted:
-        # e.g. StableDiffusionImg2ImgPipeline sizes its output from the init image: resize it
-        size = (int(call.pop("width", image.width)), int(call.pop("height", image.height)))
+    resize = "height" not in accepted or type(pipe).__name__ in family_of(pipe).sized_input
+    if ("height" in call or "width" in call) and resize:
+        # e.g. StableDiffusionImg2ImgPipeline sizes its output from the init image (and Z-Image
+        # takes height/width but never resizes its image to them): resize it
+        size = (int(call.get("width", image.width)), int(call.get("height", image.height)))
+        if "height" not in accepted:
+            call.pop("width", None), call.pop("height", None)
         if size != image.size:
             key = ("init", prepared.image_hash, size)
             if key not in shared:
                 shared[key] = image.resize(size, Image.Resampling.LANCZOS)
             image = shared[key]
-    if "strength" not in accepted:
-        call.pop("strength", None)
     for name in family_of(pipe).picture_args:  # the family's picture arguments, e.g. a ControlNet's control_image
         if call.get(name) is not None:
             key = (name, repr(call[name]), image.size)

@@ -109,11 +109,13 @@ class SweepSpec:
         prompt: the prompt. Required; `""` is an unconditional prompt.
         image: init image: sample name ("astronaut", "cat"), path, URL (or, outside YAML, a PIL
             image). Required.
-        strength: in [0, 1]; default 0.8.
-        guidance_scale: >= 0; default 7.5.
+        strength: in [0, 1]; default None: the pipeline's own (0.8 for SD 1.5, 0.3 for SDXL; Kontext
+            and Qwen-Image-Edit take none). Each row records the value used.
+        guidance_scale: >= 0; default None: the pipeline's own (7.5 SD 1.5, 5.0 SDXL, 3.5 FLUX.1).
         negative_prompt: a string or None (default).
         seed: an integer in [0, 2**64 - 1]; default 0.
-        num_inference_steps: an integer >= 1; default 50. Every cell must run at least one
+        num_inference_steps: an integer >= 1; default None: the pipeline's own (50 SD, 28 FLUX.1,
+            4 LCM). Every cell must run at least one
             denoising step: `int(num_inference_steps * strength) >= 1`.
         scheduler: a name from `SCHEDULER_NAMES`, or None (default) for the model's own.
         params: any other keyword of the pipeline call (see `call_parameters`), fixed or swept,
@@ -221,7 +223,7 @@ class SweepSpec:
         starts = self.params.get("denoising_start", (None,))
         for steps, strength, start in itertools.product(self.num_inference_steps, self.strength, starts):
             runs = effective_steps({"num_inference_steps": steps, "strength": strength})
-            if start is None and runs < 1:
+            if start is None and runs is not None and runs < 1:  # None: the pipeline's default, checked when loaded
                 raise ValidationError(
                     f"cell strength={strength!r}, num_inference_steps={steps!r} runs "
                     f"int({steps}*{strength!r})={runs} denoising steps; diffusers would "

@@ -336,6 +336,16 @@ def _schedulers(key, value) -> list:
     return values
 
 
+def _or_default(check):
+    """An axis check that also takes None: the pipeline's own default (`vocab.DEFAULTS`)."""
+    def checked(key, value):
+        items = _items(key, value)
+        rest = [item for item in items if item is not None]
+        return [None] * (len(items) - len(rest)) + (check(key, rest) if rest else [])
+    return checked
+
+
+@_or_default
 def _strengths(key, value) -> list:
     values = _numbers(key, value, integer=False)
     for v in values:
@@ -344,6 +354,7 @@ def _strengths(key, value) -> list:
     return values
 
 
+@_or_default
 def _guidance_scales(key, value) -> list:
     values = _numbers(key, value, integer=False)
     for v in values:
@@ -352,6 +363,7 @@ def _guidance_scales(key, value) -> list:
     return values
 
 
+@_or_default
 def _step_counts(key, value) -> list:
     values = _numbers(key, value, integer=True)
     for v in values:

@@ -22,10 +22,13 @@ AXES = (
     "model", "image", "prompt", "negative_prompt", "seed", "num_inference_steps", "scheduler",
     "strength", "guidance_scale",
 )
-# diffusers' img2img defaults; model, prompt and image have none.
+# What a spec means where it is silent; model, prompt and image have none. None for a call
+# argument is "the pipeline's own default" (its family's, see `Family.call_defaults`, else its
+# `__call__` signature's: SD 1.5 strength 0.8 / guidance 7.5 / 50 steps, SDXL 0.3 / 5.0, FLUX.1
+# guidance 3.5 / 28 steps, LCM 4 steps, Kontext no strength at all); each row records the value used.
 DEFAULTS = {
-    "strength": 0.8, "guidance_scale": 7.5, "negative_prompt": None, "seed": 0,
-    "num_inference_steps": 50, "scheduler": None,
+    "strength": None, "guidance_scale": None, "negative_prompt": None, "seed": 0,
+    "num_inference_steps": None, "scheduler": None,
 }
 # The call keywords that are axes of their own.
 CALL_AXES = ("prompt", "negative_prompt", "strength", "guidance_scale", "num_inference_steps")
@@ -107,21 +110,24 @@ PIXEL_OPTIONS = ("dtype", "variant", "controlnet", "prior", "vae", "config", "re
 # denoising steps
 
 
-def effective_steps(call: Mapping) -> int:
+def effective_steps(call: Mapping) -> int | None:
     """The denoising steps diffusers' img2img really runs for a call: `int(steps * strength)`.
 
     As `StableDiffusionImg2ImgPipeline.get_timesteps`: `min(int(num_inference_steps * strength),
-    num_inference_steps)`; a call without `strength` (an upscaler) runs every step.
+    num_inference_steps)`; a call without `strength` (an upscaler, Kontext) runs every step.
 
     Args:
-        call: the call keywords (a mapping with `num_inference_steps`, default 50, and optionally
-            `strength`).
+        call: the call keywords (a mapping with `num_inference_steps` and optionally `strength`).
+            None when the step count is not known yet (the pipeline's own default).
 
     Example:
         >>> effective_steps({"num_inference_steps": 50, "strength": 0.3})
         15
     """
-    steps = int(call.get("num_inference_steps", DEFAULTS["num_inference_steps"]))
+    steps = call.get("num_inference_steps")
+    if steps is None:
+        return None  # the pipeline's own default: known once it is loaded
+    steps = int(steps)
     strength = call.get("strength")
     return steps if strength is None else min(int(steps * float(strength)), steps)
 

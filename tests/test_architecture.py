@@ -104,7 +104,7 @@ def test_vocab_imports_nothing_of_the_package():
 LAYERS = {
     0: {"errors", "vocab", "values"},                                    # names and facts
     1: {"frozen", "ranges", "torchutil", "quiet", "families"},           # plain helpers, model families
-    2: {"validation", "cells", "spec", "images", "tiny", "loaders", "checkpoints", "prompts", "control",
+    2: {"validation", "cells", "spec", "images", "tiny", "loaders", "checkpoints", "prompts", "control", "knobs",
         "batched"},                                                      # specs, models, the engine
     3: {"store", "result", "loop"},                                      # the folder, the table, the loop
     4: {"runner", "chains"},                                             # running sweeps

@@ -83,7 +83,9 @@ def test_every_family_has_the_interface_parts(family):
     assert set(family.call_pipelines) <= family.classes and set(family.latent_input) <= family.classes
     for name in family.call_pipelines:
         call_args = inspect.signature(getattr(diffusers, name).__call__).parameters
-        assert all(arg in call_args for arg in family.picture_args)
+        assert call_args  # a real __call__
+    assert all(any(arg in inspect.signature(getattr(diffusers, name).__call__).parameters
+                   for name in family.call_pipelines) for arg in family.picture_args)
     assert isinstance(family.text2img, bool)
     # 5. batching: the pieces batched.py calls, or None and the reason each call runs alone
     if family.batching is None:
@@ -96,7 +98,8 @@ def test_every_family_has_the_interface_parts(family):
 def test_registry_lookups():
     assert TINY_MODELS == tiny_models() and list(TINY_MODELS)[:2] == ["tiny/sd15", "tiny/sdxl"]
     assert family_of_class("StableDiffusionXLImg2ImgPipeline").key == "sdxl"
-    assert family_of_class("FluxControlNetImg2ImgPipeline").key == "controlnet"  # detect: any ControlNet
+    assert family_of_class("StableDiffusionXLControlNetUnionImg2ImgPipeline").key == "controlnet"  # detect: any ControlNet
+    assert family_of_class("FluxControlNetImg2ImgPipeline").key == "flux"  # ... but FLUX.1's own, registered before
     assert family_of_class("NoSuchPipeline") is GENERIC and GENERIC.batching is None
     assert family_of(object()) is GENERIC
     assert family_of_checkpoint("v1").key == "sd" and family_of_checkpoint("xl_base").key == "sdxl"
@@ -133,9 +136,17 @@ def test_each_family_builds_its_tiny_twins_as_the_cache_holds_them(tmp_path):
             assert (files, weights) == _weights(tiny_model_path(model.name)), model.name
 
 
-@pytest.mark.parametrize("name", [n for n in TINY_MODELS if n != "tiny/controlnet-sd15"])
+# the pipelines (the ControlNet twins are single models: they load with a pipeline, tested below and
+# in their families' tests)
+@pytest.mark.parametrize("name", [n for n in TINY_MODELS if not n.startswith(("tiny/controlnet-", "tiny/controlnet_"))])
 def test_each_tiny_pipeline_loads_as_its_family(name):
-    assert family_of(lab.load_pipeline(name)) is family_of_tiny(name)
+    try:
+        pipe = lab.load_pipeline(name)
+    except ValidationError as exc:
+        if "torchvision" in str(exc):  # Qwen2-VL's processor (the Qwen-Image edit twins) needs it
+            pytest.skip(str(exc)[:200])
+        raise
+    assert family_of(pipe) is family_of_tiny(name)
 
 
 def test_the_tiny_controlnet_loads_as_the_controlnet_family():

@@ -11,7 +11,6 @@ from PIL import Image
 
 import img2img_lab as lab
 from img2img_lab import families
-from img2img_lab.errors import ValidationError
 from img2img_lab.quiet import quiet_loading
 from img2img_lab.tiny import tiny_model_path
 
@@ -43,12 +42,7 @@ def test_the_entry_loads_as_its_pipeline_and_family(pipe):
 @pytest.mark.equality
 def test_a_sweep_equals_the_direct_call(pipe, tmp_path):
     spec = lab.SweepSpec(model=ENTRY.tiny, prompt="a cat", image="astronaut", seed=[0, 1], **CALL, options=dict(ENTRY.load))
-    try:
-        result = lab.run_sweep(spec, tmp_path, progress=False, exact=True)
-    except ValidationError as exc:
-        if "`negative_prompt` is not an argument of LatentConsistencyModelImg2ImgPipeline" in str(exc):
-            pytest.xfail("the runner still passes the spec's unset negative_prompt=None to a pipeline without it")
-        raise
+    result = lab.run_sweep(spec, tmp_path, progress=False, exact=True)
     df = result.df
     assert df["status"].eq("ok").all() and len(df) == 2
     # LCM's call has no height/width: the run resizes the init image to the tiny size

@@ -89,10 +89,10 @@ def test_every_entry_maps_to_its_pipeline_in_diffusers():
 
 def test_the_knobs_say_what_diffusers_ignores():
     problem = FAMILY.knob_problem
-    assert "true_cfg_scale" in problem(qwenimage.IMG2IMG, {"guidance_scale": 3.5, "true_cfg_scale": 4.0})
-    assert "true_cfg_scale <= 1" in problem(qwenimage.EDIT, {"negative_prompt": "blurry", "true_cfg_scale": 1.0})
-    assert problem(qwenimage.EDIT, {"guidance_scale": None, "negative_prompt": "blurry", "true_cfg_scale": 4.0}) is None
-    assert problem(qwenimage.IMG2IMG, {"guidance_scale": None, "negative_prompt": None, "true_cfg_scale": 1.0}) is None
+    assert "true_cfg_scale" in problem(qwenimage.IMG2IMG, {"guidance_scale": 3.5, "true_cfg_scale": 4.0})["guidance_scale"]
+    assert "true_cfg_scale <= 1" in problem(qwenimage.EDIT, {"negative_prompt": "blurry", "true_cfg_scale": 1.0})["negative_prompt"]
+    assert problem(qwenimage.EDIT, {"guidance_scale": None, "negative_prompt": "blurry", "true_cfg_scale": 4.0}) == {}
+    assert problem(qwenimage.IMG2IMG, {"guidance_scale": None, "negative_prompt": None, "true_cfg_scale": 1.0}) == {}
     assert "true_cfg_scale" in FAMILY.knob_hints["strength"]
 
 

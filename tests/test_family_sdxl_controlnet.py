@@ -21,8 +21,6 @@ pytestmark = pytest.mark.heavy
 KEYS = ("sdxl-controlnet", "sdxl-controlnet-union", "sdxl-controlnet-pag")
 CALL = dict(num_inference_steps=2, strength=0.5, guidance_scale=5.0, controlnet_conditioning_scale=0.7)
 EXTRA = {"sdxl-controlnet-union": {"control_mode": 1}, "sdxl-controlnet-pag": {"pag_scale": 2.0}}
-UNION_MISSING = ("load_pipeline loads a `controlnet=` source as the base family's controlnet_class (ControlNetModel): "
-                 "a ControlNetUnionModel folder needs its own class (see the report)")
 
 
 def _weights(folder: Path) -> tuple:
@@ -35,15 +33,9 @@ def pipes():
     return {key: lab.load_pipeline(families.entry(key).tiny, **families.entry(key).load) for key in KEYS}
 
 
-def _skip_without_union(key, pipe):
-    if key == "sdxl-controlnet-union" and type(pipe.controlnet).__name__ != "ControlNetUnionModel":
-        pytest.xfail(UNION_MISSING)
-
-
 @pytest.mark.parametrize("key", KEYS)
 def test_the_entry_loads_as_its_pipeline_and_family(pipes, key):
     entry, pipe = families.entry(key), pipes[key]
-    _skip_without_union(key, pipe)
     assert type(pipe).__name__ == entry.pipeline and entry.tiny == "tiny/sdxl"
     assert families.family_of(pipe) is families.by_key("controlnet") is families.family_of_tiny(entry.load["controlnet"])
     assert entry.pipeline in families.call_pipelines()
@@ -59,7 +51,6 @@ def test_the_entry_loads_as_its_pipeline_and_family(pipes, key):
 @pytest.mark.parametrize("key", KEYS)
 def test_a_sweep_equals_the_direct_call(pipes, key, tmp_path):
     entry, pipe = families.entry(key), pipes[key]
-    _skip_without_union(key, pipe)
     params = {"control_image": "astronaut", **EXTRA.get(key, {})}
     spec = lab.SweepSpec(model=entry.tiny, prompt="a cat", image="astronaut", seed=[0, 1], **CALL, params=params,
                          options=dict(entry.load))
@@ -77,7 +68,6 @@ def test_a_sweep_equals_the_direct_call(pipes, key, tmp_path):
 
 def test_control_mode_changes_the_union_picture(pipes):
     pipe = pipes["sdxl-controlnet-union"]
-    _skip_without_union("sdxl-controlnet-union", pipe)
     init = lab.load_image("astronaut", size=64)
     outs = [np.asarray(pipe(prompt="a cat", image=init, control_image=init, control_mode=mode, **CALL,
                             generator=torch.Generator("cpu").manual_seed(0)).images[0]) for mode in (0, 3)]

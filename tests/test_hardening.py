@@ -214,7 +214,8 @@ def test_sizes_off_the_vae_factor_fail_before_any_cell_runs(changes, message, tm
 
 def test_the_vae_factor_is_the_models_own(tmp_path, no_cell_runs):
     upscaler = lab.load_pipeline("tiny/sd-x4-upscaler")  # its VAE factor is 4, not 8
-    spec = SweepSpec.from_dict({**GOOD, "model": "tiny/sd-x4-upscaler", "height": 62, "strength": 1.0})
+    spec = SweepSpec.from_dict({**GOOD, "model": "tiny/sd-x4-upscaler", "height": 62,
+                                "strength": None})  # an upscaler takes none
     with pytest.raises(ValidationError, match=r"^`height` must be a multiple of 4 for StableDiffusionUpscalePipeline "
                                               r"\(model 'tiny/sd-x4-upscaler'\), got 62 \(use 60 or 64\)$"):
         lab.run_sweep(spec, tmp_path / "out", pipe=upscaler, progress=False)

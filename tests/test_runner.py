@@ -200,7 +200,8 @@ def test_scheduler_axis_swaps_and_restores(tmp_path, pipe):
 
 def test_arguments_the_pipeline_does_not_take_fail_before_running(tmp_path, pipe):
     spec = lab.SweepSpec.from_dict({**BASE, "controlnet_conditioning_scale": 0.5})
-    with pytest.raises(ValidationError, match=r"`controlnet_conditioning_scale` is not an argument of StableDiffusionImg2ImgPipeline"):
+    with pytest.raises(ValidationError, match=r"`controlnet_conditioning_scale`=0.5 is not an argument of the only model of this sweep: 'tiny/sd15' "
+                                              r"\(Stable Diffusion 1.x/2.x pipeline, StableDiffusionImg2ImgPipeline\)"):
         lab.run_sweep(spec, tmp_path, pipe=pipe, progress=False)
     assert not (tmp_path / "results.parquet").exists()
 

@@ -84,7 +84,7 @@ def test_effective_steps_is_diffusers_arithmetic():
     assert effective_steps({"num_inference_steps": 10, "strength": 1.0}) == 10
     assert effective_steps({"num_inference_steps": 3, "strength": 0.2}) == 0
     assert effective_steps({"num_inference_steps": 7}) == 7  # no strength (upscalers): every step runs
-    assert effective_steps({"strength": 0.5}) == 25  # diffusers' default of 50 steps
+    assert effective_steps({"strength": 0.5}) is None  # the pipeline's default step count: known once loaded
     assert make(strength=0.3, num_inference_steps=50).cells()[0].effective_steps == 15
 
 
@@ -162,15 +162,18 @@ def test_scheduler_names_point_at_diffusers_classes():
 
 def test_defaults_and_single_cell():
     spec = make()
-    assert (spec.strength, spec.guidance_scale, spec.num_inference_steps, spec.seed) == ((0.8,), (7.5,), (50,), (0,))
+    # silent: each pipeline's own defaults (resolved when it is loaded; the row records them)
+    assert (spec.strength, spec.guidance_scale, spec.num_inference_steps, spec.seed) == ((None,), (None,), (None,), (0,))
     assert spec.negative_prompt == (None,) and spec.scheduler == (None,)
     assert len(spec) == 1 and spec.swept == ()
     (cell,) = spec.cells()
-    assert dict(cell.call) == {"prompt": "a cat", "negative_prompt": None, "strength": 0.8,
-                               "guidance_scale": 7.5, "num_inference_steps": 50,
+    assert dict(cell.call) == {"prompt": "a cat", "negative_prompt": None, "strength": None,
+                               "guidance_scale": None, "num_inference_steps": None,
                                "height": 64, "width": 64}  # a tiny model without a size: TINY_SIZE
     assert (cell.model, cell.image, cell.seed, cell.scheduler) == ("tiny/sd15", "cat", 0, None)
-    assert cell.effective_steps == 40
+    assert cell.effective_steps is None
+    assert SweepSpec.from_yaml(spec.to_yaml()) == spec
+    assert make(strength=[None, 0.5]).strength == (None, 0.5)  # the pipeline's default beside a value
 
 
 def test_cells_last_axis_varies_fastest():
@@ -316,7 +319,7 @@ VALIDATION = [
     ({"strength": float("nan")}, "strength", "nan"),
     ({"strength": "high"}, "strength", "'high'"),
     ({"strength": True}, "strength", "True"),
-    ({"strength": None}, "strength", "None"),
+    ({"strength": [None, None]}, "strength", "None"),  # None alone is the pipeline's default
     ({"strength": [0.5, 0.5]}, "strength", "0.5"),
     ({"strength": []}, "strength", "empty list"),
     ({"guidance_scale": -1}, "guidance_scale", "-1"),
@@ -394,10 +397,10 @@ def test_effective_step_check_matches_diffusers_float_arithmetic():
 
 
 def test_denoising_start_cells_skip_the_strength_check():
-    spec = SweepSpec.from_dict({**BASE, "strength": 0.01, "denoising_start": 0.8})
+    spec = SweepSpec.from_dict({**BASE, "strength": 0.01, "denoising_start": 0.8, "num_inference_steps": 50})
     assert len(spec) == 1
     with pytest.raises(ValidationError, match="strength=0.01"):
-        SweepSpec.from_dict({**BASE, "strength": 0.01, "denoising_start": [0.8, None]})
+        SweepSpec.from_dict({**BASE, "strength": 0.01, "denoising_start": [0.8, None], "num_inference_steps": 50})
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,9 +528,14 @@ def test_key_is_stable_and_short():
     key = _key()
     assert key == _key() and len(key) == 20 and int(key, 16) >= 0
     # golden values: changing the key definition silently would recompute every stored sweep
-    assert _key(model="stable-diffusion-v1-5/stable-diffusion-v1-5") == "b11806eb227190ac2f14"
+    explicit = dict(strength=0.8, guidance_scale=7.5, num_inference_steps=50)
+    assert _key(model="stable-diffusion-v1-5/stable-diffusion-v1-5", **explicit) == "b11806eb227190ac2f14"
+    # a spec silent on strength/guidance/steps runs with each pipeline's own defaults: another cell
+    # (SDXL's defaults are not SD 1.5's), so another key
+    assert _key(model="stable-diffusion-v1-5/stable-diffusion-v1-5") == "00dafaa0f953f8133ee9"
     # a tiny model without a size runs at TINY_SIZE: its key is that of the explicit size
-    assert key == _key(height=64, width=64) == "fd886b75160818be7a2c"
+    assert _key(**explicit) == _key(height=64, width=64, **explicit) == "fd886b75160818be7a2c"
+    assert key == _key(height=64, width=64)
 
 
 @pytest.mark.parametrize("change", [
@@ -565,7 +573,7 @@ def test_key_ignores_dict_order_and_number_spelling():
 
 def test_same_cell_in_a_larger_spec_has_the_same_key():
     small = make(strength=0.5)
-    large = make(strength=[0.3, 0.5, 0.7], guidance_scale=7.5)
+    large = make(strength=[0.3, 0.5, 0.7], seed=0)
     assert small.cells()[0].key("h") == large.cells()[1].key("h")
 
 
@@ -584,7 +592,7 @@ def test_replace_routes_and_validates():
     with pytest.raises(ValidationError, match="`strength` must be in"):
         spec.replace(strength=2)
     with pytest.raises(ValidationError, match="strength=0.01"):
-        spec.replace(strength=0.01)
+        spec.replace(strength=0.01, num_inference_steps=50)
 
 
 @pytest.mark.parametrize("text, expected", [

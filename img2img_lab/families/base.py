@@ -177,6 +177,7 @@ class Family:
     call_pipelines: Mapping[str, str] = {}  # class -> its file in the diffusers package (call keywords)
     picture_args: tuple = ()                # call arguments holding a picture sized like the init image
     latent_input: frozenset = frozenset()   # classes whose `image` may be latents from the same VAE
+    sized_input: frozenset = frozenset()    # classes that take height/width but never resize `image` to them
     text2img: bool = True                   # has a text-to-image relative (`related_pipeline`)
     vae_component: tuple = ("vae", "AutoencoderKL")  # (pipeline attribute, diffusers class) of `vae=`
     controlnet_class: str = "ControlNetModel"  # the diffusers class `controlnet=` sources load as
@@ -276,13 +277,15 @@ class Family:
             return "sd"
         return None
 
-    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> str | None:
-        """Why a cell's call (its pipeline arguments, defaults filled in) would silently not do
-        what it says on a `class_name` pipeline, or None. The default: nothing to say.
+    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> dict[str, str]:
+        """The arguments of a cell's call that a `class_name` pipeline would silently ignore, each
+        with why and what to use instead: `{argument: why}` (empty: none). The default: none.
 
-        E.g. FLUX.1 reads `negative_prompt` only with `true_cfg_scale` > 1.
+        E.g. FLUX.1 reads `negative_prompt` only with `true_cfg_scale` > 1. A sweep where no cell
+        uses such an argument is refused before it runs; otherwise those cells record it as not
+        applied (`knobs`).
         """
-        return None
+        return {}
 
     def speed_path(self, class_name: str) -> str:
         """'batched' when the batched engine runs `class_name`'s cells, else 'per cell: <why>'."""

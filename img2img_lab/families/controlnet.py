@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import sdxl
 from . import tiny_parts as parts
 from .base import Entry, Family, TinyModel
 from .sd import CONTROLNET_IMG2IMG as SD_IMG2IMG
@@ -57,8 +58,6 @@ def sdxl_layout(cls) -> dict:
     half, mid block and added conditioning (pooled text embeddings, six time ids), read from the
     very UNet `sdxl.build_sdxl` makes so the two stay compatible."""
     import inspect
-
-    from . import sdxl
 
     unet_config = sdxl.unet(text_hidden=2 * parts.TEXT_HIDDEN, num_time_ids=6).config
     accepted = inspect.signature(cls.__init__).parameters

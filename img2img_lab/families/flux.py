@@ -239,18 +239,17 @@ class Flux(Family):
     def prompt_encoding(self, pipe) -> str | None:
         return None  # CLIP pooled + T5: neither of compel's SD/SDXL encodings
 
-    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> str | None:
+    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> dict[str, str]:
         """FLUX.1 reads `negative_prompt` only with `true_cfg_scale` > 1 (real classifier-free guidance)."""
         if class_name not in TRUE_CFG:
-            return None
-        negatives = [call.get("negative_prompt"), call.get("negative_prompt_2")]
-        if not any(n not in (None, "") and n != [] for n in negatives):
-            return None
+            return {}
         true_cfg = call.get("true_cfg_scale")
         if true_cfg is not None and true_cfg > 1:
-            return None
-        return (f"{class_name} ignores `negative_prompt` unless `true_cfg_scale` > 1 (got {true_cfg!r}): set "
-                f"true_cfg_scale (e.g. 4.0) and sweep it too; it then runs the transformer twice per step")
+            return {}
+        why = (f"{class_name} ignores negative prompts unless `true_cfg_scale` > 1 (got {true_cfg!r}): set "
+               f"true_cfg_scale (e.g. 4.0) and sweep it too; it then runs the transformer twice per step")
+        return {name: why for name in ("negative_prompt", "negative_prompt_2")
+                if call.get(name) not in (None, "") and call.get(name) != []}
 
 
 FAMILY = Flux()

@@ -233,17 +233,18 @@ class QwenImage(Family):
             )
         return super().load_extras(ctx)
 
-    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> str | None:
+    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> dict[str, str]:
         """`guidance_scale` is read only by guidance-distilled transformers (none of Qwen's own), and
         `negative_prompt` only with `true_cfg_scale` > 1: diffusers warns and runs without them."""
+        out = {}
         if call.get("guidance_scale") is not None:
-            return (f"`guidance_scale` is ignored by {class_name} for Qwen-Image checkpoints without guidance "
-                    f"embeds: use true_cfg_scale > 1 with a negative_prompt instead")
+            out["guidance_scale"] = (f"{class_name} ignores guidance_scale for Qwen-Image checkpoints without "
+                                     f"guidance embeds: use true_cfg_scale > 1 with a negative_prompt instead")
         true_cfg = call.get("true_cfg_scale")
         if call.get("negative_prompt") is not None and true_cfg is not None and true_cfg <= 1:
-            return (f"`negative_prompt` is ignored by {class_name} when true_cfg_scale <= 1 (got {true_cfg}): "
-                    f"set true_cfg_scale > 1 to use it")
-        return None
+            out["negative_prompt"] = (f"{class_name} ignores negative_prompt when true_cfg_scale <= 1 "
+                                      f"(got {true_cfg}): set true_cfg_scale > 1 to use it")
+        return out
 
 
 FAMILY = QwenImage()

@@ -11,7 +11,6 @@ model's. Tiny twin `tiny/z-image`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
 
 from . import tiny_parts as parts
 from .base import Entry, Family, TinyModel
@@ -110,24 +109,14 @@ class ZImage(Family):
     call_pipelines = {IMG2IMG: "pipelines/z_image/pipeline_z_image_img2img.py"}
     entries = (
         Entry("z-image", IMG2IMG, "Tongyi-MAI/Z-Image-Turbo", mapping_key="z-image", tiny="tiny/z-image",
-              note="Turbo: guidance_scale 0 and ~8 steps (the signature's 5.0 is the base model's); the init "
-                   "image is not resized: height/width must equal its size (diffusers fails on a shape mismatch). "
+              note="Turbo: guidance_scale 0 and ~8 steps (the signature's 5.0 is the base model's); the pipeline "
+                   "does not resize its init image (img2img_lab resizes it to height/width first, as a user must). "
                    "No single file here: diffusers' from_single_file reads only the transformer from one and "
                    "needs text_encoder and vae passed in, which load_pipeline does not do"),
     )
+    sized_input = frozenset({IMG2IMG})  # it never resizes `image`: the runner gives it height x width
     batching_reason = ("Z-Image's per-prompt caption lists and single-stream patches have no batching pieces: "
                        "each cell runs as one pipeline call")
-
-    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> str | None:
-        """`height`/`width` other than the init image's size: the pipeline does not resize `image`."""
-        size = getattr(call.get("image"), "size", None)
-        if size is None or not isinstance(size, tuple):
-            return None
-        width, height = size
-        if (call.get("height") not in (None, height)) or (call.get("width") not in (None, width)):
-            return (f"{class_name} does not resize its init image ({width}x{height} px) to height/width "
-                    f"({call.get('width')}x{call.get('height')}): they must equal its size")
-        return None
 
 
 FAMILY = ZImage()
