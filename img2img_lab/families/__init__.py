@@ -38,6 +38,7 @@ REGISTRY = (
     "flux",
     "qwenimage",
     "zimage",
+    "flux2",
     "controlnet",
     "upscalers",
 )
