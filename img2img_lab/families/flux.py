@@ -67,25 +67,7 @@ MAX_SEQUENCE_LENGTH = 32
 def vae():
     """FLUX's AutoencoderKL (16 latent channels, its scale and shift, no quant convs), scale
     factor 8 as the real one, tiny channels."""
-    from diffusers import AutoencoderKL
-
-    return parts.seeded(
-        AutoencoderKL,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=8,
-        sample_size=256,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        force_upcast=True,
-    )
+    return parts.flow_vae(scaling_factor=0.3611, shift_factor=0.1159)
 
 
 def scheduler():

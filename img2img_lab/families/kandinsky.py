@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ValidationError
 from . import kandinsky22 as k22
 from . import tiny_parts as parts
-from .base import Entry, LoadContext, TinyModel
+from .base import Entry, TinyModel
 
 COMBINED_IMG2IMG = "KandinskyImg2ImgCombinedPipeline"
 PRIOR_PIPELINE = "KandinskyPriorPipeline"
@@ -146,29 +145,13 @@ class Kandinsky(k22.Kandinsky22):
               tiny="tiny/kandinsky",
               note="its prior loads beside it (`prior` option; the tiny one from prior/); sizes are multiples of 64 px"),
     )
+    decoders = DECODERS
+    prior_pipeline = PRIOR_PIPELINE
+    hub_priors = HUB_PRIORS
+    version = "2.1"
+    example_prior = "kandinsky-community/kandinsky-2-1-prior"
     batching_reason = ("Kandinsky 2.1 runs its prior before the decoder and encodes with a MoVQ; it has no "
                        "batching pieces: each cell runs as one pipeline call")
-
-    def load_extras(self, ctx: LoadContext) -> dict:
-        """ControlNet and `movq` as the default, plus the prior's components for a decoder."""
-        extra = super(k22.Kandinsky22, self).load_extras(ctx)
-        if ctx.class_name in DECODERS:
-            prior_pipe = ctx.load_pipeline(self.prior_for(ctx), PRIOR_PIPELINE, "prior")
-            extra.update({f"prior_{name}": component for name, component in prior_pipe.components.items()})
-        return extra
-
-    def prior_for(self, ctx: LoadContext):
-        """The prior to load with a decoder: the option, the tiny twin's, or the hub decoder's own."""
-        prior = ctx.options["prior"]
-        if prior is None and ctx.tiny is not None:
-            prior = str(Path(ctx.source) / PRIOR_SUBFOLDER)
-        prior = prior or HUB_PRIORS.get(ctx.source)
-        if prior is None:
-            raise ValidationError(
-                f"`prior` is needed for the Kandinsky 2.1 decoder {ctx.source!r}: pass prior=<hub id or folder> "
-                f"(e.g. 'kandinsky-community/kandinsky-2-1-prior')"
-            )
-        return prior
 
     def size_multiple(self, pipe) -> int | None:
         """The MoVQ factor squared (64 px): Kandinsky 2.1 sizes its noise as ceil(size / factor**2) * factor

@@ -196,6 +196,13 @@ class Kandinsky22(Family):
     options = ("controlnet", "vae", "prior")
     call_pipelines = {COMBINED_IMG2IMG: "pipelines/kandinsky2_2/pipeline_kandinsky2_2_combined.py"}
     vae_component = ("movq", "VQModel")
+    # the prior a decoder loads with: its diffusers class, the hub decoders' known priors, the
+    # version the error names and the prior it suggests
+    decoders = DECODERS
+    prior_pipeline = "KandinskyV22PriorPipeline"
+    hub_priors = HUB_PRIORS
+    version = "2.2"
+    example_prior = "kandinsky-community/kandinsky-2-2-prior"
     entries = (
         Entry("kandinsky22", COMBINED_IMG2IMG, "kandinsky-community/kandinsky-2-2-decoder", mapping_key="kandinsky22",
               tiny="tiny/kandinsky22", note="its prior loads beside it (`prior` option; the tiny one from prior/)"),
@@ -206,8 +213,8 @@ class Kandinsky22(Family):
     def load_extras(self, ctx: LoadContext) -> dict:
         """ControlNet and `movq` as the default, plus the prior's components for a decoder."""
         extra = super().load_extras(ctx)
-        if ctx.class_name in DECODERS:
-            prior_pipe = ctx.load_pipeline(self.prior_for(ctx), "KandinskyV22PriorPipeline", "prior")
+        if ctx.class_name in self.decoders:
+            prior_pipe = ctx.load_pipeline(self.prior_for(ctx), self.prior_pipeline, "prior")
             extra.update({f"prior_{name}": component for name, component in prior_pipe.components.items()})
         return extra
 
@@ -216,11 +223,11 @@ class Kandinsky22(Family):
         prior = ctx.options["prior"]
         if prior is None and ctx.tiny is not None:
             prior = str(Path(ctx.source) / PRIOR_SUBFOLDER)
-        prior = prior or HUB_PRIORS.get(ctx.source)
+        prior = prior or self.hub_priors.get(ctx.source)
         if prior is None:
             raise ValidationError(
-                f"`prior` is needed for the Kandinsky 2.2 decoder {ctx.source!r}: pass prior=<hub id or folder> "
-                f"(e.g. 'kandinsky-community/kandinsky-2-2-prior')"
+                f"`prior` is needed for the Kandinsky {self.version} decoder {ctx.source!r}: pass prior=<hub id or "
+                f"folder> (e.g. {self.example_prior!r})"
             )
         return prior
 

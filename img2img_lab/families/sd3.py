@@ -58,25 +58,7 @@ def transformer():
 def vae():
     """SD3's AutoencoderKL: 16 latent channels, no quant convs, its scaling and shift factors,
     four blocks (scale factor 8) with tiny channels."""
-    from diffusers import AutoencoderKL
-
-    return parts.seeded(
-        AutoencoderKL,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        sample_size=256,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        force_upcast=True,
-    )
+    return parts.flow_vae(scaling_factor=1.5305, shift_factor=0.0609)
 
 
 def scheduler():

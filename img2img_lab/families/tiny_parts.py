@@ -117,6 +117,30 @@ def vae(num_blocks: int = 4, scaling_factor: float = 0.18215, force_upcast: bool
     )
 
 
+def flow_vae(scaling_factor: float, shift_factor: float, sample_size: int = 256):
+    """The 16-channel AutoencoderKL of FLUX.1, SD3 and Z-Image: scale factor 8 as the real ones,
+    no quant convs, the model's own scaling and shift factors, tiny channels."""
+    from diffusers import AutoencoderKL
+
+    return seeded(
+        AutoencoderKL,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        force_upcast=True,
+    )
+
+
 def sd_scheduler_kwargs() -> dict:
     """The SD 1.x / SDXL training schedule, as scheduler keyword arguments."""
     return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")

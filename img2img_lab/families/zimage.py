@@ -71,14 +71,7 @@ def transformer():
 def vae():
     """FLUX.1's AutoencoderKL layout: factor 8, 16 latent channels, its scaling and shift factors,
     no quant convs; tiny widths."""
-    from diffusers import AutoencoderKL
-
-    return parts.seeded(
-        AutoencoderKL, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 32), layers_per_block=1,
-        latent_channels=16, norm_num_groups=8, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
-        use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True, force_upcast=True,
-    )
+    return parts.flow_vae(scaling_factor=0.3611, shift_factor=0.1159, sample_size=1024)
 
 
 def scheduler():
