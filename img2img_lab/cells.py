@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ValidationError
+from .families import tiny_call
 from .frozen import KEY_LENGTH, FrozenDict, content_key, plain, thaw
 from .validation import call_parameters
 from .vocab import CALL_AXES, DEFAULT_OPTIONS, DTYPES, PIXEL_OPTIONS, TINY_SIZE, effective_steps, is_tiny
@@ -111,6 +112,11 @@ def expand_cells(spec) -> list[Cell]:
         call.update({k: thaw(point[k], seqs.get(k, list)) for k in spec.params})
         if tiny_size and is_tiny(point["model"]):
             call.update(height=TINY_SIZE, width=TINY_SIZE)  # in the call, so in the key and the row
+        # a twin's own small-size options (Kontext's max_area, FLUX.2's text-encoder layers), after the
+        # product so a sequence value stays one value; what the spec sets wins
+        for name, value in tiny_call(str(point["model"])).items():
+            if name not in spec.params:
+                call[name] = value
         cells.append(Cell(
             model=point["model"],
             image=point["image"],
