@@ -6,6 +6,12 @@ match, and prints seconds, speed-up, UNet rows per second and achieved UNet TFLO
 
     python benchmarks/bench_sweep.py --config cpu     # ~35M-parameter UNet, 128x128, float32
     python benchmarks/bench_sweep.py --config gpu     # SD 1.5-size UNet, 512x512, float16, CUDA
+    python benchmarks/bench_sweep.py --family flux    # any key of lab.families(), on its tiny twin
+
+`--family KEY` (a key of the key table, `lab.families()`; `sd15` is the SD-1.5-shaped run above)
+times the plain diffusers loop against `run_sweep` on that family's tiny twin, loaded as
+`tiny/<key>` is (CPU, float32), over the knobs its pipeline takes: plain and `run_sweep` alternate
+(A/B, `--repeat` pairs) and the median ratio is printed, with the largest pixel difference.
 
 Not a test: numbers go into benchmarks/README.md.
 """
@@ -136,6 +142,9 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    parser.add_argument("--family", default="sd15", metavar="KEY",
+                        help="a key of lab.families(): sd15 is the SD-1.5-shaped --config run, any other key "
+                             "times its tiny twin (CPU) through the plain loop and run_sweep")
     parser.add_argument("--max-batch-size", type=int, help="batched path: most cells per batch")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each path; the fastest counts")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak, for the utilisation column")
@@ -144,6 +153,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also run the sweep with a torch.compile-d UNet and count (re)compilations")
     args = parser.parse_args()
+    if args.family != "sd15":
+        family_run(args.family, args.repeat)
+        return
     config = CONFIGS[args.config]
     max_batch_size = args.max_batch_size or config["max_batch_size"]
 
@@ -236,6 +248,76 @@ def sweep_section(pipe, calls, max_batch_size: int, plain_s: float, compile_unet
         finally:
             pipe.unet = eager_unet
             del pipe.img2img_lab_info
+
+
+FAMILY_STEPS = 4
+
+
+def family_grid(pipe) -> dict:
+    """The sweep's axes that `pipe` takes: strength, guidance_scale, negative_prompt (2 x 2 x 2 at most)."""
+    from img2img_lab.knobs import taken
+
+    names = taken(type(pipe).__name__)
+    grid = {"strength": [0.5, 0.9], "guidance_scale": [2.0, 5.0], "negative_prompt": [None, "blurry, low quality"]}
+    if "true_cfg_scale" in names and "negative_prompt" in names:  # FLUX.1 / Qwen-Image: real CFG reads it
+        grid["true_cfg_scale"] = [1.0, 4.0]
+        grid.pop("guidance_scale")
+        grid.pop("negative_prompt")
+        grid["negative_prompt"] = ["blurry, low quality"]
+    return {k: v for k, v in grid.items() if k in names}
+
+
+def family_run(key: str, repeat: int) -> None:
+    """Plain diffusers loop vs `run_sweep` on the tiny twin of family `key`, A/B alternated."""
+    import statistics
+
+    from img2img_lab import SweepSpec, families, load_image, load_pipeline, run_sweep
+    from img2img_lab.knobs import resolve_call, taken
+
+    entry = families.entry(key)  # a clear error naming the key and the table's keys
+    if entry.tiny is None:
+        raise SystemExit(f"--family {key}: {entry.pipeline} has no tiny twin here ({entry.note or 'see lab.families()'})")
+    pipe = load_pipeline(entry.tiny, **dict(entry.load))
+    pipe.set_progress_bar_config(disable=True)
+    grid = family_grid(pipe)
+    pictures = {"control_image": "astronaut"} if "control_image" in taken(type(pipe).__name__) else {}
+    spec = SweepSpec(model=entry.tiny, prompt="a photo of a red fox in the snow", image="astronaut",
+                     num_inference_steps=FAMILY_STEPS, seed=0, **dict(entry.load), **pictures, **grid)
+    init = load_image("astronaut", size=64)
+    calls = []
+    for cell in spec.cells():  # the arguments each cell's pipeline call gets, silent ones left to diffusers
+        call = resolve_call(pipe, dict(cell.call)).call
+        call.update({k: load_image(v, size=64) for k, v in pictures.items()})
+        calls.append((call, cell.seed))
+
+    def plain():
+        return [pipe(image=init, **call, generator=torch.Generator().manual_seed(seed)).images[0] for call, seed in calls]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_sweep(spec, Path(tmp) / "warm", pipe=pipe, progress=False)  # warm-up of both paths
+        plain()
+        plain_times, sweep_times = [], []
+        for n in range(repeat):  # A/B pairs: a loaded machine slows both of a pair alike
+            images, seconds = timed(plain)
+            plain_times.append(seconds)
+            result, seconds = timed(lambda: run_sweep(spec, Path(tmp) / f"run{n}", pipe=pipe, progress=False))
+            sweep_times.append(seconds)
+        def point(values):  # a cell's place in the grid, from its call or its row
+            return tuple(None if v is None or v != v else v for v in values)
+
+        index = {point(cell.call.get(k) for k in grid): n for n, cell in enumerate(spec.cells())}
+        diff = max(int(np.abs(np.asarray(result.image(i), np.int16)
+                              - np.asarray(images[index[point(row[k] for k in grid)]], np.int16)).max())
+                   for i, (_, row) in enumerate(result.df.iterrows()))
+        sizes = sorted(set(result.df["batch_size"])) if "batch_size" in result.df else "-"
+    ratios = [p / s for p, s in zip(plain_times, sweep_times)]
+    print(f"family {key}: {entry.pipeline} on {entry.tiny} {dict(entry.load) or ''}, {len(calls)} cells "
+          f"({', '.join(f'{k} {v}' for k, v in grid.items())}) x {FAMILY_STEPS} steps, 64x64, CPU float32, "
+          f"{torch.get_num_threads()} threads, {repeat} A/B pairs")
+    print(f"plain loop median {statistics.median(plain_times):.2f}s, run_sweep median {statistics.median(sweep_times):.2f}s "
+          f"(store included), median ratio {statistics.median(ratios):.2f}x; speed path: "
+          f"{families.family_of(pipe).speed_path(type(pipe).__name__)}; batch sizes {sizes}; "
+          f"max |run_sweep - plain| {diff} (8-bit levels)")
 
 
 if __name__ == "__main__":
