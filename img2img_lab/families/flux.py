@@ -189,7 +189,8 @@ class Flux(Family):
     entries = (
         Entry("flux", IMG2IMG, "black-forest-labs/FLUX.1-dev", mapping_key="flux", tiny="tiny/flux",
               note="FLUX.1-schnell loads the same way; guidance_scale 3.5 where a spec is silent (the signature "
-                   "says 7.0). No single file: a FLUX .safetensors holds only the transformer"),
+                   "says 7.0); height/width default to 1024 px whatever the init image's size (set them). No single "
+                   "file: a FLUX .safetensors holds only the transformer"),
         Entry("flux-kontext", KONTEXT, "black-forest-labs/FLUX.1-Kontext-dev", mapping_key="flux-kontext",
               tiny="tiny/flux-kontext",
               note="no strength: it edits, taking the image as a reference; output ~1 MP (max_area) and the "
