@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .errors import ValidationError
-from .families import entries, family_of_class
+from .families import entries, family_of_class, tiny_call
 from .validation import pipeline_call_arguments
 from .vocab import SIZE_ARGUMENTS, is_tiny
 
@@ -134,10 +134,11 @@ def check_knobs(calls: Mapping[str, tuple[str, list]]) -> dict:
             one would ignore), naming the axis, the value, the families and what to use instead.
     """
     set_names: dict[str, Any] = {}  # argument -> one value the spec sets for it
-    for _, cell_calls in calls.values():
+    for model, (_, cell_calls) in calls.items():
+        own = tiny_call(str(model))  # a twin's own small-size options are its own, not the sweep's axes
         for call in cell_calls:
             for name, value in call.items():
-                if value is not None and name not in RUNNER_ARGUMENTS and name not in set_names:
+                if value is not None and name not in RUNNER_ARGUMENTS and name not in own and name not in set_names:
                     set_names[name] = value
     skipped: dict[str, set] = {model: set() for model in calls}
     for name, value in set_names.items():
