@@ -26,6 +26,11 @@ CALL_LOG_NOISE = (
     # DeepFloyd IF, per prompt, where ftfy/bs4 are not installed (a direct call cleans no caption either)
     re.compile(r"^Setting `clean_caption=True` requires the"),
     re.compile(r"^Setting `clean_caption` to False"),
+    # Qwen-Image's default true_cfg_scale=4.0 without a negative prompt, and FLUX.2 [klein]'s default
+    # guidance_scale on its step-distilled checkpoints: said on every call, on the pipelines' own
+    # defaults (the family notes and knobs say it once; a row records what ran)
+    re.compile(r"^true_cfg_scale is passed as .*, but classifier-free guidance is not enabled since no negative_prompt"),
+    re.compile(r"^Guidance scale .* is ignored for step-wise distilled models"),
 )
 # warnings raised inside diffusers by diffusers' own calls (message regex, category)
 CALL_WARNING_NOISE = (
