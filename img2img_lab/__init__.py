@@ -11,13 +11,29 @@ Example:
 """
 
 from importlib import import_module
+from types import ModuleType
 
-from . import quiet
+from . import families, quiet
 
 __version__ = "0.1.0"
 
 
 quiet.drop_torchvision_notice()
+
+
+class _FamiliesPackage(ModuleType):
+    """The `families/` package, callable: `lab.families()` is the key table as a DataFrame.
+
+    `lab.families` stays the package (`lab.families.entry("flux")`, `from img2img_lab import
+    families`), which every import of `img2img_lab.families` binds here; calling it returns
+    `catalog.families()` (imported on the first call: pandas is heavy).
+    """
+
+    def __call__(self):
+        return import_module(f"{__name__}.catalog").families()
+
+
+families.__class__ = _FamiliesPackage
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -67,7 +83,7 @@ _EXPORTS = {
     "check_parameters": "reports",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted([*_EXPORTS, "families"]) + ["__version__"]
 
 
 def __getattr__(name):
