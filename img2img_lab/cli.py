@@ -3,7 +3,7 @@
     img2img-lab sweep SPEC.yaml [--model M] [--out DIR] [--set key=value ...]
     img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set key=value ...] [--offline-html]
     img2img-lab demo [--out DIR]
-    img2img-lab models
+    img2img-lab models [--tiny]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import reports
+from . import catalog, reports
 from .errors import LabError, ValidationError
 from .grid import grid_image
 from .runner import run_sweep
@@ -151,6 +151,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
+    """The families table (`lab.families()`, summarised), then the tiny models; `--tiny`: those alone."""
+    if not args.tiny:
+        print(catalog.text())
+        print("\nlab.families() adds each row's note, the reason a family runs per cell and the tiny twin's call.\n")
+        print("tiny models:")
     for name, text in TINY_MODELS.items():
         print(f"{name:28s} {text}")
     return 0
@@ -201,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_command(sub)  # img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set k=v] [--offline-html]
 
-    models = sub.add_parser("models", help="list the embedded tiny models")
+    models = sub.add_parser("models", help="the model families (lab.families()) and the embedded tiny models")
+    models.add_argument("--tiny", action="store_true", help="list only the tiny models")
     models.set_defaults(func=cmd_models)
     return parser
 

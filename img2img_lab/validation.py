@@ -115,6 +115,53 @@ def call_arguments_from_source(root: Path, cls_name: str, rel_path: str) -> dict
     return None
 
 
+def call_defaults_from_source(root: Path, cls_name: str, rel_path: str) -> dict | None:
+    """`{name: default}` of `cls_name.__call__`'s literal defaults, read from `root / rel_path` with `ast`.
+
+    A default that is not a literal (a module constant, an expression) is left out; None when the
+    file or the class is not there.
+    """
+    path = root / rel_path
+    if not path.is_file():
+        return None
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls_name:
+            for fn in node.body:
+                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name == "__call__":
+                    a = fn.args
+                    positional = a.posonlyargs + a.args
+                    pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+                    pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+                    out = {}
+                    for arg, default in pairs:
+                        try:
+                            out[arg.arg] = ast.literal_eval(default)
+                        except ValueError:
+                            continue
+                    return out
+    return None
+
+
+def pipeline_call_defaults(cls_name: str) -> dict:
+    """The literal defaults of a diffusers pipeline's `__call__`, `{name: value}` (source first, as
+    `pipeline_call_arguments`; `inspect.signature` on the class otherwise).
+
+    Example:
+        >>> pipeline_call_defaults("StableDiffusionXLImg2ImgPipeline")["strength"]
+        0.3
+    """
+    rel_path = CALL_PIPELINES.get(cls_name)
+    root = _diffusers_root() if rel_path else None
+    defaults = call_defaults_from_source(root, cls_name, rel_path) if root else None
+    if defaults is not None:
+        return defaults
+    import diffusers
+
+    params = inspect.signature(getattr(diffusers, cls_name).__call__).parameters
+    return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
 def call_arguments_from_import(cls_name: str) -> dict:
     """`{name: annotation text}` of `diffusers.<cls_name>.__call__`, from `inspect.signature`."""
     import diffusers

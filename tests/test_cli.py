@@ -6,7 +6,10 @@ import sys
 import pandas as pd
 import pytest
 
+from img2img_lab import catalog
 from img2img_lab.cli import main
+from img2img_lab.families import entries
+from img2img_lab.tiny import TINY_MODELS
 
 SPEC = """
 model: stable-diffusion-v1-5/stable-diffusion-v1-5
@@ -73,9 +76,16 @@ def test_module_entry_point_and_no_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
-def test_models_lists_the_tiny_models(capsys):
+def test_models_prints_the_families_table_then_the_tiny_models(capsys):
     assert main(["models"]) == 0
-    assert "tiny/sd15" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    table, tiny = out.split("\ntiny models:\n")
+    assert table.startswith(catalog.text() + "\n")
+    rows = table.splitlines()[1:len(entries()) + 1]
+    assert [row.split()[0] for row in rows] == [e.key for e in entries()]
+    assert [line.split()[0] for line in tiny.splitlines()] == list(TINY_MODELS)
+    assert main(["models", "--tiny"]) == 0  # the tiny models alone, as before
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(TINY_MODELS)
 
 
 def test_an_empty_model_override_is_an_error(spec_file, capsys):
