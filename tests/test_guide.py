@@ -332,16 +332,19 @@ def test_9_compile_wraps_the_denoiser():
     assert pipe.img2img_lab_info["options"]["compile"] == "reduce-overhead"
 
 
-# the guide's sweep specs on their families' tiny twins: small, said once --------------------
+# the sweep specs (the guide's, the modern families') on their tiny twins: small, said once ------
 
 from pathlib import Path  # noqa: E402
 
+from img2img_lab.families import entries  # noqa: E402
 from img2img_lab.reports import COMPANIONS, SD15  # noqa: E402
 from img2img_lab.spec import SweepSpec, tiny_size_note  # noqa: E402
 from img2img_lab.tiny import TINY_SIZE  # noqa: E402
 
 SWEEPS = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
-TWINS = {SD15: "tiny/sd15", **dict(COMPANIONS.values())}
+# the modern families' specs: their checkpoints' twins from the key table
+TWINS = {**{e.checkpoint: e.tiny for e in entries() if not e.load}, SD15: "tiny/sd15",
+         **dict(COMPANIONS.values())}
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
