@@ -1,5 +1,6 @@
-"""The Z-Image family: tiny/z-image loads as `ZImageImg2ImgPipeline`, a sweep's cells equal the
-direct diffusers call bit for bit, the twin builds bit for bit, and why it has no single file."""
+"""The Z-Image family: tiny/z-image loads as `ZImageImg2ImgPipeline`, the runner resizes its init
+image, the twin builds bit for bit, and why it has no single file (its sweep cells equal the
+direct call: tests/test_family_equality.py)."""
 
 import hashlib
 
@@ -20,12 +21,6 @@ ENTRY = families.entry("z-image")
 @pytest.fixture(scope="module")
 def pipe():
     return lab.load_pipeline("tiny/z-image")
-
-
-@pytest.fixture(scope="module")
-def init():
-    # 64 px: ZImageImg2ImgPipeline runs at its init image's size (it does not resize it to height/width)
-    return lab.load_image("astronaut", size=64)
 
 
 def _weights(folder):
@@ -52,20 +47,6 @@ def test_tiny_z_image_loads_as_its_img2img_pipeline(pipe):
     text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": "a cat"}], tokenize=False,
                                               add_generation_prompt=True, enable_thinking=True)
     assert text == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
-
-
-@pytest.mark.equality
-def test_cells_equal_the_direct_call(pipe, init, tmp_path):
-    knobs = dict(strength=0.6, guidance_scale=5.0, negative_prompt="blurry")
-    spec = lab.SweepSpec(model="tiny/z-image", prompt="a cat", image=init, num_inference_steps=2, seed=[0, 1], **knobs)
-    result = lab.run_sweep(spec, tmp_path, progress=False, exact=True)
-    assert result.df["status"].eq("ok").all(), result.df.get("error")
-    for i, row in result.df.iterrows():
-        with torch.no_grad():
-            direct = pipe(prompt="a cat", image=init, num_inference_steps=2, **knobs,
-                          generator=torch.Generator("cpu").manual_seed(int(row["seed"]))).images[0]
-        assert result.image(i).size == (64, 64)
-        np.testing.assert_array_equal(np.asarray(result.image(i)), np.asarray(direct))
 
 
 def test_the_runner_resizes_the_init_image_it_never_resizes_itself(tmp_path, pipe):
