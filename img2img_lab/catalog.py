@@ -24,7 +24,8 @@ CONTROL_ARGUMENTS = ("control_image",)
 # The arguments a spec leaves at None by default (vocab.DEFAULTS): what a cell runs with there.
 SILENT = ("strength", "guidance_scale", "true_cfg_scale", "num_inference_steps")
 # The columns of `markdown()` and `text()` (`img2img-lab models`): the frame's, with the knobs in one.
-SUMMARY_COLUMNS = ("key", "mapping_key", "pipeline", "tiny", "knobs", "defaults", "speed", "checkpoint", "single_file")
+SUMMARY_COLUMNS = ("key", "mapping_key", "pipeline", "tiny", "knobs", "defaults", "speed", "checkpoint", "single_file",
+                   "requires")
 # The summary columns that hold names, shown as code in markdown.
 CODE_COLUMNS = ("key", "mapping_key", "pipeline", "checkpoint")
 
@@ -63,7 +64,9 @@ def families() -> pd.DataFrame:
     `control_image` (read from the pipeline's `__call__`), `image_list` (several reference
     pictures as `image`), `defaults` (what a cell runs with where the spec is silent: the family's
     value, e.g. FLUX.1's guidance_scale 3.5, else the signature's), `speed` ("batched" or
-    "per cell: <why>"), `checkpoint` (a typical real id), `single_file`, `note`.
+    "per cell: <why>"), `checkpoint` (a typical real id), `single_file`, `requires` (packages
+    beyond img2img_lab's requirements that loading it needs: torchvision for Qwen-Image-Edit and
+    FLUX.2-dev under transformers 5), `note`.
 
     Example:
         >>> import img2img_lab as lab
@@ -94,6 +97,7 @@ def families() -> pd.DataFrame:
             "speed": family.speed_path(e.pipeline),
             "checkpoint": e.checkpoint,
             "single_file": e.single_file,
+            "requires": ", ".join(e.requires),
             "note": e.note,
         })
     return pd.DataFrame(rows)
@@ -133,7 +137,7 @@ def markdown(df: pd.DataFrame | None = None) -> str:
 
     Example:
         >>> markdown().splitlines()[0]
-        '| key | mapping_key | pipeline | tiny | knobs | defaults | speed | checkpoint | single_file |'
+        '| key | mapping_key | pipeline | tiny | knobs | defaults | speed | checkpoint | single_file | requires |'
     """
     table = summary(df)
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]

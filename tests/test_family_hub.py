@@ -20,7 +20,8 @@ from img2img_lab import families
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 # transformers 5 builds these pipelines' processors only with torchvision (their notes say so)
-NEEDS_TORCHVISION = {"qwenimage-edit", "qwenimage-edit-plus", "qwenimage-layered", "flux2"}
+# (tiny/flux2 names its tokenizer instead of FLUX.2-dev's processor, so it loads without)
+NEEDS_TORCHVISION = {"qwenimage-edit", "qwenimage-edit-plus", "qwenimage-layered"}
 KEYS = [e.key for e in families.entries() if e.tiny is not None]
 
 

@@ -66,6 +66,8 @@ class Entry:
             (`from_single_file`), and img2img_lab with it.
         image_list: whether `image` takes several reference pictures (multi-image editing).
         note: what a user should know (shared layout, a missing component class, forced sizes).
+        requires: packages beyond img2img_lab's own requirements that loading it needs
+            (("torchvision",): transformers 5 builds its processor only with it).
     """
 
     key: str
@@ -77,6 +79,7 @@ class Entry:
     single_file: bool = False
     image_list: bool = False
     note: str = ""
+    requires: tuple = ()
 
 
 @dataclass(frozen=True)

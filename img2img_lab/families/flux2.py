@@ -218,10 +218,16 @@ def torchvision_missing() -> bool:
 
 def names_processor(ctx: LoadContext) -> bool:
     """Whether the checkpoint's `tokenizer` is a PixtralProcessor: as its `model_index.json` says
-    for a folder (the tiny twin's names its tokenizer), as FLUX.2-dev's for a hub id."""
+    (a folder's, or a hub id's in the local Hugging Face cache; the tiny twin's names its tokenizer),
+    else as FLUX.2-dev's."""
     index_path = Path(ctx.source) / "model_index.json"
     if not index_path.is_file():
-        return True
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ctx.source, "model_index.json") if "/" in ctx.source else None
+        if not isinstance(cached, str):
+            return True
+        index_path = Path(cached)
     tokenizer = json.loads(index_path.read_text()).get("tokenizer") or [None, None]
     return tokenizer[-1] == "PixtralProcessor"
 
@@ -258,6 +264,7 @@ class Flux2(Family):
                               "num_inference_steps or the reference images"}
     entries = (
         Entry("flux2", DEV, "black-forest-labs/FLUX.2-dev", mapping_key="flux2", tiny="tiny/flux2", image_list=True,
+              requires=("torchvision",),  # the real checkpoint's PixtralProcessor; the twin loads without it
               note=f"{REFERENCES}; guidance_scale is distilled guidance (4.0). FLUX.2-dev {NEEDS_TORCHVISION}. "
                    "tiny/flux2 names the processor's tokenizer instead (TokenizersBackend, the processor's "
                    "files beside it in tokenizer/), so it loads without torchvision: prompts encode the same "

@@ -209,15 +209,16 @@ class QwenImage(Family):
               note="true_cfg_scale (default 4.0) guides only with a negative_prompt; guidance_scale only on "
                    "guidance-distilled transformers"),
         Entry("qwenimage-edit", EDIT, "Qwen/Qwen-Image-Edit", mapping_key="qwenimage-edit", tiny="tiny/qwenimage-edit",
+              requires=("torchvision",),
               note=f"image is the reference to edit (no strength); it {FORCED_REFERENCE}, with no argument to avoid "
                    f"it (tiny/qwenimage-edit too: a ~1 s call); {NEEDS_TORCHVISION}"),
         Entry("qwenimage-edit-plus", EDIT_PLUS, "Qwen/Qwen-Image-Edit-2509", mapping_key="qwenimage-edit-plus",
-              tiny="tiny/qwenimage-edit-plus", image_list=True,
+              tiny="tiny/qwenimage-edit-plus", image_list=True, requires=("torchvision",),
               note="image is one reference or a list of them (no strength); each is resized to ~1024x1024 px for "
                    "the VAE and ~384x384 px for the text encoder (module constants, no argument); "
                    f"{NEEDS_TORCHVISION}"),
         Entry("qwenimage-layered", LAYERED, "Qwen/Qwen-Image-Layered", mapping_key="qwenimage-layered",
-              tiny="tiny/qwenimage-layered",
+              tiny="tiny/qwenimage-layered", requires=("torchvision",),
               note="decomposes image into `layers` RGBA layers at resolution 640 or 1024 px (no strength, no "
                    "height/width: 64 px inputs come out at 640 px); one call returns a list of layers per prompt, "
                    f"and a row's image is its first layer; {NEEDS_TORCHVISION}"),
