@@ -50,6 +50,8 @@ _EXPORTS = {
     "TINY_MODELS": "tiny",
     "tiny_model_path": "tiny",
     "save_single_file": "checkpoints",
+    "memory_table": "memory",
+    "memory_options": "memory",
     # images
     "load_image": "images",
     "sample_image": "images",

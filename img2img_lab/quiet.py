@@ -22,6 +22,9 @@ from pathlib import Path
 CALL_LOG_NOISE = (
     re.compile(r"^The following part of your input was truncated because CLIP can only handle"),
     re.compile(r"^Token indices sequence length is longer than the specified maximum sequence length"),
+    # T5's per-call notice where a call's `max_sequence_length` cuts a prompt (recorded in the row;
+    # tiny twins run at 32 tokens, where the guide's prompts are longer)
+    re.compile(r"^The following part of your input was truncated because `max_sequence_length` is set to"),
     re.compile(r"^There are modules in \w+ that should be kept in float32"),
     # DeepFloyd IF, per prompt, where ftfy/bs4 are not installed (a direct call cleans no caption either)
     re.compile(r"^Setting `clean_caption=True` requires the"),

@@ -63,7 +63,17 @@ COMPANIONS = {
     "controlnet_model": ("lllyasviel/control_v11f1p_sd15_depth", "tiny/controlnet-sd15"),
     "x2_upscaler_model": ("stabilityai/sd-x2-latent-upscaler", "tiny/sd-x2-latent-upscaler"),
     "x4_upscaler_model": ("stabilityai/stable-diffusion-x4-upscaler", "tiny/sd-x4-upscaler"),
+    # 06_modern_models: one real checkpoint per family (the key table's), and its tiny twin
+    "sdxl_model": ("stabilityai/stable-diffusion-xl-base-1.0", "tiny/sdxl"),
+    "sd3_model": ("stabilityai/stable-diffusion-3.5-medium", "tiny/sd3"),
+    "flux_model": ("black-forest-labs/FLUX.1-dev", "tiny/flux"),
+    "kontext_model": ("black-forest-labs/FLUX.1-Kontext-dev", "tiny/flux-kontext"),
+    "qwenimage_model": ("Qwen/Qwen-Image", "tiny/qwenimage"),
+    "zimage_model": ("Tongyi-MAI/Z-Image-Turbo", "tiny/z-image"),
+    "flux2_model": ("black-forest-labs/FLUX.2-klein-4B", "tiny/flux2-klein"),
 }
+MODERN_MODELS = ("sdxl_model", "sd3_model", "flux_model", "kontext_model", "qwenimage_model", "zimage_model",
+                 "flux2_model")
 # Tiny models run offline (sample images), at few steps and small sizes: a notebook in under a
 # few minutes on a laptop CPU. Real models keep the guide's values.
 _STEPS = {"num_inference_steps": (50, 4)}
@@ -94,6 +104,11 @@ NOTEBOOK_DEFAULTS = {
         "control_image": ("https://huggingface.co/lllyasviel/control_v11f1p_sd15_depth/resolve/main/images/control.png",
                           "astronaut"),
         "size": ([958, 960], [64, 64]), **_STEPS,
+    },
+    "06_modern_models": {
+        **{k: COMPANIONS[k] for k in MODERN_MODELS}, **_GUIDE_IMAGE,
+        # each pipeline's own steps (FLUX.1 28, Z-Image-Turbo 8, ...) and size; bf16, as these are trained
+        "num_inference_steps": (None, 2), **_OWN_SIZE, "dtype": ("bfloat16", "float32"),
     },
     # 05: the spec's value first (see NotebookParameters.sweep_spec), then these
     "05_sweep_report": {

@@ -13,7 +13,8 @@ import pandas as pd
 from PIL import Image
 
 from .errors import ValidationError
-from .values import NONE_TEXT, format_value, norm_value
+from .families import tiny_call
+from .values import NONE_TEXT, format_value, is_null, norm_value
 from .vocab import FAILED_STATUSES, METRIC_NAMES, METRIC_PREFIX, OK, is_metric_column
 
 # Columns that describe bookkeeping rather than a parameter the user chose.
@@ -114,13 +115,30 @@ class SweepResult:
 
     @property
     def swept(self) -> list[str]:
-        """Parameter columns that take more than one value in this result, in table order."""
+        """Parameter columns that take more than one value in this result, in table order.
+
+        A tiny twin's own call options (Kontext's `max_area`, FLUX.2's text-encoder layers) differ
+        between models of a mixed sweep but follow the model: they are not axes."""
         out = []
+        own = {m: tiny_call(str(m)) for m in self.df["model"].unique()} if "model" in self.df.columns else {}
         for col in self.parameters:
-            values = self.df[col].map(lambda v: repr(v) if isinstance(v, (list, dict)) else v)
-            if values.nunique(dropna=False) > 1:
+            values = self.df[col].map(lambda v: norm_value(_as_list(v)))  # arrays: a parquet round trip's lists
+            if values.nunique(dropna=False) > 1 and not self._follows_model(col, own):
                 out.append(col)
         return out
+
+    def _follows_model(self, col: str, own: dict) -> bool:
+        """Whether `col` is a tiny twin's own option: that twin's value in its rows, unset elsewhere."""
+        if not any(col in options for options in own.values()):
+            return False
+        for model, value in zip(self.df["model"], self.df[col]):
+            options = own[model]
+            if col in options:
+                if norm_value(_as_list(value)) != norm_value(_as_list(options[col])):
+                    return False
+            elif not is_null(value):
+                return False
+        return True
 
     @property
     def metrics(self) -> list[str]:
@@ -250,3 +268,10 @@ def _status_html(row) -> str:
         return html.escape(str(status))
     short = format_value(str(error), _HTML_CHARS)
     return f"<span title='{_attr(error)}'>{html.escape(str(status))}: {html.escape(short)}</span>"
+
+
+def _as_list(value):
+    """A tuple, list or array as a plain list (a parquet round trip turns a tuple into an array)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return list(value) if isinstance(value, (tuple, list)) else value

@@ -105,7 +105,7 @@ LAYERS = {
     0: {"errors", "vocab", "values"},                                    # names and facts
     1: {"frozen", "ranges", "torchutil", "quiet", "families"},           # plain helpers, model families
     2: {"validation", "cells", "spec", "images", "tiny", "loaders", "checkpoints", "prompts", "control", "knobs",
-        "catalog", "batched"},                                           # specs, models, the engine
+        "catalog", "memory", "batched"},                                 # specs, models, the engine
     3: {"store", "result", "loop"},                                      # the folder, the table, the loop
     4: {"runner", "chains"},                                             # running sweeps
     5: {"figures", "grid", "plots", "widgets", "metrics"},               # seeing results

@@ -17,14 +17,15 @@ from img2img_lab.reports import COMPANIONS, NOTEBOOK_DEFAULTS
 from img2img_lab.tiny import TINY_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ["01_quickstart", "02_parameters", "03_chaining", "04_control", "05_sweep_report"]
+NAMES = ["01_quickstart", "02_parameters", "03_chaining", "04_control", "05_sweep_report", "06_modern_models"]
 PATHS = [ROOT / "notebooks" / f"{n}.ipynb" for n in NAMES]
 KNOBS = {"offload", "attention", "compile"}
 
 
 def _tiny_parameters(name: str, out_dir: Path) -> dict:
     """Only `model` changed: every companion, image, step count and size follows it (and out_dir)."""
-    return {"model": "tiny/sd15", **({"out_dir": str(out_dir)} if name in ("01_quickstart", "02_parameters") else {})}
+    return {"model": "tiny/sd15",
+            **({"out_dir": str(out_dir)} if name in ("01_quickstart", "02_parameters", "06_modern_models") else {})}
 
 
 def _repository() -> str:
@@ -322,6 +323,31 @@ def test_01_model_comparison_grid_has_no_missing_cells(executed):
     guide = comparison.df.assign(model=["sd15", "refiner", "kandinsky"], image=["init", "sdxl-init", "init"])
     layout = grid_layout(types.SimpleNamespace(df=guide, swept=["model", "image"]), x, y)
     assert layout.shape == (1, 1, 3) and len(layout.cells) == 3
+
+
+@pytest.mark.heavy
+def test_06_compares_the_families_in_one_sweep(executed):
+    nb = executed["06_modern_models"]
+    folder = Path(nb.metadata["papermill"]["parameters"]["out_dir"])
+    comparison = lab.load_sweep(folder / "families")
+    models = {"tiny/sd15", "tiny/sdxl", "tiny/sd3", "tiny/flux", "tiny/flux-kontext", "tiny/qwenimage", "tiny/z-image",
+              "tiny/flux2-klein"}
+    assert set(comparison.df["model"]) == models and set(comparison.df["status"]) == {"ok"}
+    assert set(comparison.df["num_inference_steps"]) == {2} and set(comparison.df["width"]) == {64}
+    # strength applies where a pipeline takes it, and is recorded as not applied where not
+    by_model = comparison.df.groupby("model")["not_applied"].first()
+    assert {m for m, v in by_model.items() if v} == {"tiny/flux-kontext", "tiny/flux2-klein"}
+    assert set(by_model[["tiny/flux-kontext", "tiny/flux2-klein"]]) == {"strength"}
+    # the table shows the knob columns, not the twins' own small-size options
+    table = next(c for c in nb.cells if "comparison.table(" in c.source)
+    html = next(o for o in table.outputs if "text/html" in o.get("data", {})).data["text/html"]
+    assert "not_applied" in html and "pipeline_defaults" in html and "max_area" not in html
+    # the memory table: estimated, with a verdict per card
+    memory = next(c for c in nb.cells if "lab.memory_table(" in c.source)
+    html = next(o for o in memory.outputs if "text/html" in o.get("data", {})).data["text/html"]
+    assert "estimated from parameter counts" in html and "24 GiB" in html and "80 GiB" in html
+    # nothing on stderr: no warnings, no per-call notices
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
 
 
 @pytest.mark.heavy

@@ -33,6 +33,7 @@ TINY = {
     # a guide spec (its image a URL: the tiny model runs on the offline sample, said in one line), 3x3
     "05_sweep_report": {"model": "tiny/sd15", "spec": "sweeps/strength.yaml", "strength": [0.4, 0.6, 0.8],
                         "guidance_scale": [1.0, 5.0, 9.0]},
+    "06_modern_models": {"model": "tiny/sd15"},
 }
 # seconds; generous for a loaded machine (two suites at once): the waits end as soon as the page is ready
 RUN_TIMEOUT_S = 300
