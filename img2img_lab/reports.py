@@ -113,7 +113,8 @@ NOTEBOOK_DEFAULTS = {
     # 05: the spec's value first (see NotebookParameters.sweep_spec), then these
     "05_sweep_report": {
         "model": (SD15, SD15), **_GUIDE_IMAGE, "prompt": (PROMPT, PROMPT), "negative_prompt": (None, None),
-        "strength": (0.8, 0.8), "guidance_scale": (7.5, 7.5), **_STEPS, "seed": (0, 0),
+        # None: each model's own pipeline default (SD 1.5's 0.8, 7.5 and 50; Kontext takes no strength)
+        "strength": (None, None), "guidance_scale": (None, None), "num_inference_steps": (None, 4), "seed": (0, 0),
     },
 }
 

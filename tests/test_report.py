@@ -102,18 +102,18 @@ def test_sweep_spec_hand_edited_cell_values_win_over_the_spec():
 
 
 def test_sweep_spec_keys_the_spec_leaves_unset_take_the_notebook_defaults():
-    # combined.yaml sets no steps: the notebook's default, 50, or 4 for a tiny model
+    # combined.yaml sets no steps: the pipeline's own default (None), or 4 for a tiny model
     combined = STRENGTH_YAML.parent / "combined.yaml"
     real = rp.NotebookParameters(values={**UNSET, "spec": str(combined)}).sweep_spec()
-    assert real.num_inference_steps == (50,) and real.model == (rp.SD15,)
+    assert real.num_inference_steps == (None,) and real.model == (rp.SD15,)
     tiny = rp.NotebookParameters(values={**UNSET, "spec": str(combined), "model": "tiny/sd15"}).sweep_spec()
     assert tiny.num_inference_steps == (4,) and len(tiny) == 48
-    # no spec at all: the documented defaults, tiny-aware
+    # no spec at all: the documented defaults, tiny-aware; strength and guidance the pipeline's own
     spec = rp.NotebookParameters(values={**UNSET, "spec": None, "model": "tiny/sd15"}).sweep_spec()
     assert (spec.image, spec.strength, spec.guidance_scale, spec.num_inference_steps, spec.seed) == (
-        ("astronaut",), (0.8,), (7.5,), (4,), (0,))
+        ("astronaut",), (None,), (None,), (4,), (0,))
     spec = rp.NotebookParameters(values={**UNSET, "spec": None}).sweep_spec()
-    assert spec.model == (rp.SD15,) and spec.image == (f"{rp.DOCS}/img2img-init.png",) and spec.num_inference_steps == (50,)
+    assert spec.model == (rp.SD15,) and spec.image == (f"{rp.DOCS}/img2img-init.png",) and spec.num_inference_steps == (None,)
 
 
 def test_spec_paths_resolve_from_the_repo_root_and_from_notebooks(monkeypatch, tmp_path):
