@@ -70,6 +70,7 @@ _EXPORTS = {
     "fetch_widget_js": "htmlexport",
     "add_metrics": "metrics",
     "plot_tradeoff": "plots",
+    "plot_memory": "plots",
     # the guide's other experiments
     "Chain": "chains",
     "Stage": "chains",

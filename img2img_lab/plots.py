@@ -1,4 +1,5 @@
-"""Trade-off curves: how a metric (fidelity to the init image, prompt adherence) moves with a parameter."""
+"""Charts of numbers: trade-off curves (how a metric, fidelity to the init image or prompt adherence,
+moves with a parameter) and the memory estimate's bars (`memory.memory_table` against the cards)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numbers
 import numpy as np
 
 from .errors import ValidationError
+from .memory import DEFAULT_OVERHEAD, memory_table
 from .grid import axis_values, filter_rows, value_labels
 from .values import norm_value
 from .vocab import OK, is_metric_column
@@ -190,3 +192,45 @@ def _add_legend(ax, title: str) -> None:
                   borderaxespad=0, ncols=1 + (entries - 1) // 16)
     else:
         ax.legend(title=title, fontsize="small")
+
+
+def plot_memory(table=None, *, overhead: float = DEFAULT_OVERHEAD, figsize: tuple[float, float] | None = None):
+    """Bars of what each checkpoint needs at each precision (weights plus `overhead`), against the cards.
+
+    Args:
+        table: a `memory_table(...)` DataFrame (its precisions and cards); None: `memory_table()`.
+        overhead: the margin added to the weights, as `memory_table`'s verdicts add it.
+        figsize: figure size in inches; None: one row of bars per checkpoint.
+
+    Returns:
+        A `LabFigure` (shown as a picture as a notebook cell's last value). Nothing is measured:
+        the x-axis label says the figures are estimated from parameter counts.
+
+    Example:
+        >>> lab.plot_memory(lab.memory_table(precisions=["bf16", "nf4"], cards=[24, 80]))
+    """
+    from .figures import LabFigure  # matplotlib: imported on the first plot, not with the package
+
+    table = memory_table() if table is None else table
+    missing = {"checkpoint", "precision", "weights_gib"} - set(table.columns)
+    if missing:
+        raise ValidationError(f"`table` must be a memory_table() DataFrame, got one without {sorted(missing)}")
+    cards = [int(c.split()[0]) for c in table.columns if c.endswith(" GiB")]
+    need = table.assign(gib=table["weights_gib"] * (1 + overhead)).pivot_table(
+        index="checkpoint", columns="precision", values="gib", sort=False)
+    need = need[list(dict.fromkeys(table["precision"]))]
+    fig = LabFigure(figsize=figsize or (9.0, 0.45 * len(need) + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    height = 0.8 / len(need.columns)
+    rows = np.arange(len(need))
+    for n, precision in enumerate(need.columns):
+        ax.barh(rows + (n - (len(need.columns) - 1) / 2) * height, need[precision], height=height, label=precision)
+    for card in cards:
+        ax.axvline(card, color="0.4", linestyle="--", linewidth=1)
+        ax.annotate(f"{card} GiB", (card, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", color="0.3", fontsize=9)
+    ax.set_yticks(rows, need.index)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"GiB: weights + {overhead:.0%} (estimated from parameter counts, not measured)")
+    ax.legend(title="precision", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig

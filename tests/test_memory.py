@@ -85,3 +85,21 @@ def test_memory_options_use_load_pipelines_option_names():
     assert any("PipelineQuantizationConfig" in c for c in table["diffusers"])
     assert table["installed"].dtype == bool
     assert set(BYTES_PER_PARAMETER) >= {"bf16", "fp8", "int8", "nf4"}
+
+
+def test_plot_memory_draws_a_bar_per_checkpoint_and_precision_and_a_line_per_card():
+    import img2img_lab as lab
+
+    table = lab.memory_table(precisions=["bf16", "nf4"], cards=[24, 80])
+    fig = lab.plot_memory(table)
+    (ax,) = fig.axes
+    bars = [p for p in ax.patches]
+    assert len(bars) == table["checkpoint"].nunique() * 2
+    # the bf16 bar of Qwen-Image is its weights plus the 20% margin, past the 24 GiB line
+    qwen = table[(table["checkpoint"] == "Qwen/Qwen-Image") & (table["precision"] == "bf16")]["weights_gib"].item()
+    assert any(abs(b.get_width() - qwen * 1.2) < 1e-9 for b in bars) and qwen * 1.2 > 24
+    assert sorted(line.get_xdata()[0] for line in ax.lines) == [24, 80]
+    assert "estimated from parameter counts" in ax.get_xlabel()
+    assert fig._repr_png_().startswith(b"\x89PNG")
+    with pytest.raises(lab.ValidationError, match="`table` must be a memory_table"):
+        lab.plot_memory(table.drop(columns=["weights_gib"]))

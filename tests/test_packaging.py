@@ -73,7 +73,7 @@ def _build_wheel(tmp_path: Path) -> Path:
 
 def test_notebooks_have_one_committed_copy():
     assert NOTEBOOKS == ["01_quickstart.ipynb", "02_parameters.ipynb", "03_chaining.ipynb", "04_control.ipynb",
-                         "05_sweep_report.ipynb"]
+                         "05_sweep_report.ipynb", "06_modern_models.ipynb"]
     assert not list((ROOT / "img2img_lab").rglob("*.ipynb")), "the package holds no copy of the notebooks"
     # this checkout (an editable install of it too) reads them in place
     assert rp.notebook_folder() == ROOT / "notebooks"
