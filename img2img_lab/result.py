@@ -23,7 +23,7 @@ BOOKKEEPING_COLUMNS = frozenset(
         "key", "image_hash", "image_path", "init_image_path", "seconds", "status", "error",
         "effective_steps", "pipeline_class", "dtype", "device", "batch_size", "width", "height",
         "created", "scheduler_class", "offload", "attention", "vae_slicing", "vae_tiling", "compile", "image_requested",
-        "exact", "threads", "batched",
+        "exact", "threads", "batched", "pipeline_defaults", "not_applied",
     }
 )
 _THUMB = 64  # px: longest side of a row's thumbnail in the notebook table

@@ -185,15 +185,18 @@ def _run_size(result, row, spec) -> tuple[int, int] | None:
 
 def _call_arguments(result, row, spec, call_size: tuple[int, int] | None) -> list[str]:
     """The snippet's pipeline keywords (``name=repr``): every call column of the row in table
-    order, the size when the pipeline takes one, a control image sized like the init image, and
+    order (but those the row's pipeline does not take, its `not_applied`), the size when the pipeline takes one, a control image sized like the init image, and
     compel embeddings in place of the prompts when the spec used compel."""
     kwargs = {}
+    not_applied = set(filter(None, str(_plain(row.get("not_applied")) or "").split(",")))  # the pipeline lacks them
     for column in result.df.columns:
-        if column in _NOT_CALL or column in BOOKKEEPING_COLUMNS or is_metric_column(column):
+        if column in _NOT_CALL or column in BOOKKEEPING_COLUMNS or is_metric_column(column) or column in not_applied:
             continue
         value = _plain(row.get(column))
         if is_null(value) and column != "negative_prompt":  # absent for this row (or dropped: upscalers)
             continue
+        if isinstance(value, float) and value.is_integer() and _padded_int_column(result.df[column]):
+            value = int(value)  # an int argument (max_sequence_length) that other models' rows lack
         kwargs[column] = None if is_null(value) else value
     if call_size is not None:
         kwargs.update(height=call_size[1], width=call_size[0])
@@ -204,6 +207,15 @@ def _call_arguments(result, row, spec, call_size: tuple[int, int] | None) -> lis
         args = [a for a in args if not a.startswith(("prompt=", "negative_prompt="))]
         args.insert(0, f"**lab.encode_weighted(pipe, {kwargs.get('prompt')!r}, {kwargs.get('negative_prompt')!r})")
     return args
+
+
+def _padded_int_column(series) -> bool:
+    """Whether a float column is an int argument that pandas turned float for the rows without it
+    (a mixed sweep: `max_area` on Kontext's rows, missing on SD's): missing values, the rest whole."""
+    if series.dtype.kind != "f" or not series.isna().any():
+        return False
+    present = series.dropna()
+    return bool(len(present)) and bool((present == present.round()).all())
 
 
 def reproduction_note(row) -> list[str]:

@@ -181,6 +181,28 @@ def test_snippet_reproduces_a_tiny_sd15_image_exactly(tmp_path):
     assert np.abs(np.asarray(batched.image(1)).astype(int) - snippet).max() <= BATCHED_TOLERANCE
 
 
+@pytest.mark.equality
+def test_snippets_of_a_mixed_sweep_pass_each_model_its_own_arguments(tmp_path):
+    """A twin's own options (Kontext's max_area) are in its snippet; an argument a model does not
+    take (not_applied) and the row's bookkeeping are not; each snippet gives its image bit for bit."""
+    import img2img_lab as lab
+
+    spec = lab.SweepSpec(model=["tiny/sd15", "tiny/flux-kontext"], prompt="a cat", image="astronaut",
+                         strength=0.6, num_inference_steps=2)
+    result = lab.run_sweep(spec, tmp_path / "mixed", progress=False, batched=False)
+    for i in range(len(result)):
+        row, code = result.row(i), code_snippet(result, i)
+        assert "pipeline_defaults" not in code and "not_applied" not in code
+        if row["model"] == "tiny/flux-kontext":
+            assert row["not_applied"] == "strength" and "strength=" not in code
+            assert "max_area=4096," in code and "_auto_resize=False," in code
+        else:
+            assert "strength=0.6," in code and "max_area" not in code
+        namespace = {}
+        exec(code, namespace)
+        np.testing.assert_array_equal(np.asarray(namespace["image"]), np.asarray(result.image(i)))
+
+
 def _code_lines(code: str) -> list[str]:
     return [line for line in code.splitlines() if not line.startswith("#")]
 
