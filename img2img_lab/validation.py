@@ -94,11 +94,9 @@ def _diffusers_root() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def call_arguments_from_source(root: Path, cls_name: str, rel_path: str) -> dict | None:
-    """`{name: annotation text}` of `cls_name.__call__`, read from `root / rel_path` with `ast`.
-
-    None when the file or the class is not there (a diffusers version that moved it).
-    """
+def _call_node(root: Path, cls_name: str, rel_path: str):
+    """The `ast` arguments of `cls_name.__call__` in `root / rel_path`, or None when the file or
+    the class is not there (a diffusers version that moved it)."""
     path = root / rel_path
     if not path.is_file():
         return None
@@ -107,12 +105,22 @@ def call_arguments_from_source(root: Path, cls_name: str, rel_path: str) -> dict
         if isinstance(node, ast.ClassDef) and node.name == cls_name:
             for fn in node.body:
                 if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name == "__call__":
-                    a = fn.args
-                    return {
-                        arg.arg: ast.unparse(arg.annotation) if arg.annotation is not None else ""
-                        for arg in a.posonlyargs + a.args[1:] + a.kwonlyargs
-                    }
+                    return fn.args
     return None
+
+
+def call_arguments_from_source(root: Path, cls_name: str, rel_path: str) -> dict | None:
+    """`{name: annotation text}` of `cls_name.__call__`, read from `root / rel_path` with `ast`.
+
+    None when the file or the class is not there (a diffusers version that moved it).
+    """
+    a = _call_node(root, cls_name, rel_path)
+    if a is None:
+        return None
+    return {
+        arg.arg: ast.unparse(arg.annotation) if arg.annotation is not None else ""
+        for arg in a.posonlyargs + a.args[1:] + a.kwonlyargs
+    }
 
 
 def call_defaults_from_source(root: Path, cls_name: str, rel_path: str) -> dict | None:
@@ -121,26 +129,19 @@ def call_defaults_from_source(root: Path, cls_name: str, rel_path: str) -> dict 
     A default that is not a literal (a module constant, an expression) is left out; None when the
     file or the class is not there.
     """
-    path = root / rel_path
-    if not path.is_file():
+    a = _call_node(root, cls_name, rel_path)
+    if a is None:
         return None
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == cls_name:
-            for fn in node.body:
-                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name == "__call__":
-                    a = fn.args
-                    positional = a.posonlyargs + a.args
-                    pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
-                    pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
-                    out = {}
-                    for arg, default in pairs:
-                        try:
-                            out[arg.arg] = ast.literal_eval(default)
-                        except ValueError:
-                            continue
-                    return out
-    return None
+    positional = a.posonlyargs + a.args
+    pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+    pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+    out = {}
+    for arg, default in pairs:
+        try:
+            out[arg.arg] = ast.literal_eval(default)
+        except ValueError:
+            continue
+    return out
 
 
 def pipeline_call_defaults(cls_name: str) -> dict:
