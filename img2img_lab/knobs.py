@@ -79,7 +79,7 @@ def resolve_call(pipe, call: Mapping[str, Any]) -> Resolved:
     accepted = taken(type(pipe).__name__) | ALWAYS_TAKEN
     out, used, not_applied = {}, {}, []
     class_name = type(pipe).__name__
-    ignored = family_of_class(class_name).knob_problem(class_name, call) or {}
+    ignored = family_of_class(class_name).knob_problem(class_name, call, getattr(pipe, "config", None)) or {}
     for name, value in call.items():
         if name in ignored and value is not None:
             not_applied.append(name)  # passed as given (the pipeline ignores it), recorded as not applied
@@ -118,11 +118,12 @@ def _where(models: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"{model!r} ({family_of_class(cls).title}, {cls})" for model, cls in models)
 
 
-def check_knobs(calls: Mapping[str, tuple[str, list]]) -> dict:
+def check_knobs(calls: Mapping[str, tuple[str, list]], configs: Mapping[str, Mapping] | None = None) -> dict:
     """Rule 2 and 3 over a sweep, before any cell runs.
 
     Args:
         calls: model -> (its pipeline class name, the call keywords of its cells).
+        configs: model -> its loaded pipeline's config, where loaded (what `knob_problem` may read).
 
     Returns:
         model -> the set of arguments its cells record as not applied because another model of
@@ -161,7 +162,7 @@ def check_knobs(calls: Mapping[str, tuple[str, list]]) -> dict:
     for model, (cls, cell_calls) in calls.items():
         family, accepted = family_of_class(cls), taken(cls) | ALWAYS_TAKEN
         for call in cell_calls:
-            ignored = family.knob_problem(cls, call) or {}
+            ignored = family.knob_problem(cls, call, (configs or {}).get(model)) or {}
             for name, value in call.items():
                 if value is None or name not in accepted:
                     continue

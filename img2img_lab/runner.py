@@ -326,10 +326,12 @@ class SpecExecutor:
         sizes against its VAE factor), and a note for init images the pipeline will round."""
         said = set()
         calls: dict = {}
+        configs: dict = {}
         for (model, _), items in groups.items():
             pipe = self.pipeline(model)
             calls.setdefault(model, (type(pipe).__name__, []))[1].extend(dict(item.work.cell.call) for item in items)
-        self.skipped = check_knobs(calls)
+            configs[model] = getattr(pipe, "config", None)
+        self.skipped = check_knobs(calls, configs)
         for (model, _), items in groups.items():
             pipe = self.pipeline(model)
             check_call_keys(pipe, [item.work for item in items])

@@ -137,3 +137,18 @@ def test_without_torchvision_a_processor_checkpoint_is_a_clear_error(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({**index, "tokenizer": ["transformers", "PixtralProcessor"]}))
     with pytest.raises(ValidationError, match=r"Flux2Pipeline.*torchvision"):
         lab.load_pipeline(str(folder))
+
+
+def test_a_distilled_klein_ignores_guidance_scale_which_is_refused_or_recorded_as_not_applied(tmp_path):
+    """FLUX.2 [klein] 4B/9B (`is_distilled`) ignore guidance_scale: a sweep of it on klein alone is an
+    error saying what to sweep instead; beside FLUX.2-dev (which takes it) klein's rows record it."""
+    base = dict(prompt="a cat", image="astronaut", num_inference_steps=2, guidance_scale=[1.0, 8.0])
+    with pytest.raises(ValidationError, match=r"`guidance_scale`=1\.0: Flux2KleinPipeline .*is_distilled.*Base"):
+        lab.run_sweep(dict(base, model="tiny/flux2-klein"), tmp_path / "klein", progress=False)
+    assert not (tmp_path / "klein" / "results.parquet").exists()
+    result = lab.run_sweep(dict(base, model=["tiny/flux2", "tiny/flux2-klein"]), tmp_path / "both", progress=False)
+    by_model = {m: rows for m, rows in result.df.groupby("model")}
+    assert set(by_model["tiny/flux2-klein"]["not_applied"]) == {"guidance_scale"}
+    assert set(by_model["tiny/flux2"]["not_applied"]) == {""}
+    klein = [np.asarray(result.image(i)) for i in by_model["tiny/flux2-klein"].index]
+    assert np.array_equal(*klein)  # ignored indeed: the same picture at 1.0 and 8.0

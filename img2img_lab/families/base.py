@@ -280,9 +280,12 @@ class Family:
             return "sd"
         return None
 
-    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> dict[str, str]:
+    def knob_problem(self, class_name: str, call: Mapping[str, Any], config: Mapping[str, Any] | None = None
+                     ) -> dict[str, str]:
         """The arguments of a cell's call that a `class_name` pipeline would silently ignore, each
         with why and what to use instead: `{argument: why}` (empty: none). The default: none.
+        `config` is the loaded pipeline's own config (`pipe.config`) once it is loaded, else None
+        (e.g. FLUX.2 [klein]'s `is_distilled`).
 
         E.g. FLUX.1 reads `negative_prompt` only with `true_cfg_scale` > 1. A sweep where no cell
         uses such an argument is refused before it runs; otherwise those cells record it as not

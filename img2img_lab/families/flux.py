@@ -222,7 +222,8 @@ class Flux(Family):
     def prompt_encoding(self, pipe) -> str | None:
         return None  # CLIP pooled + T5: neither of compel's SD/SDXL encodings
 
-    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> dict[str, str]:
+    def knob_problem(self, class_name: str, call: Mapping[str, Any], config: Mapping[str, Any] | None = None
+                     ) -> dict[str, str]:
         """FLUX.1 reads `negative_prompt` only with `true_cfg_scale` > 1 (real classifier-free guidance)."""
         if class_name not in TRUE_CFG:
             return {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any, Mapping
 
 from ..errors import ValidationError
 from . import tiny_parts as parts
@@ -262,6 +263,15 @@ class Flux2(Family):
     vae_component = ("vae", "AutoencoderKLFlux2")
     knob_hints = {"strength": "FLUX.2 edits from reference images with no strength: sweep guidance_scale, "
                               "num_inference_steps or the reference images"}
+    def knob_problem(self, class_name: str, call: Mapping[str, Any], config: Mapping[str, Any] | None = None
+                     ) -> dict[str, str]:
+        """A step-distilled FLUX.2 [klein] (`is_distilled` in its config: klein-4B/9B) ignores `guidance_scale`."""
+        if class_name != KLEIN or not (config or {}).get("is_distilled") or call.get("guidance_scale") is None:
+            return {}
+        return {"guidance_scale": (f"{class_name} of a step-distilled checkpoint (is_distilled) ignores guidance_scale "
+                                   f"(got {call['guidance_scale']!r}): sweep num_inference_steps or the prompt, or load "
+                                   f"a Base checkpoint (black-forest-labs/FLUX.2-klein-base-4B) to use it")}
+
     entries = (
         Entry("flux2", DEV, "black-forest-labs/FLUX.2-dev", mapping_key="flux2", tiny="tiny/flux2", image_list=True,
               requires=("torchvision",),  # the real checkpoint's PixtralProcessor; the twin loads without it

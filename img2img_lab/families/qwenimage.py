@@ -234,7 +234,8 @@ class QwenImage(Family):
             )
         return super().load_extras(ctx)
 
-    def knob_problem(self, class_name: str, call: Mapping[str, Any]) -> dict[str, str]:
+    def knob_problem(self, class_name: str, call: Mapping[str, Any], config: Mapping[str, Any] | None = None
+                     ) -> dict[str, str]:
         """`guidance_scale` is read only by guidance-distilled transformers (none of Qwen's own), and
         `negative_prompt` only with `true_cfg_scale` > 1: diffusers warns and runs without them."""
         out = {}
