@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .errors import ValidationError
-from .families import LoadContext, family_of, family_of_checkpoint, family_of_class
+from .families import LoadContext, entries, family_of, family_of_checkpoint, family_of_class
 from .quiet import (  # noqa: F401 - CALL_*/LOAD_* and quiet_third_party re-exported with the loaders
     CALL_LOG_NOISE,
     CALL_WARNING_NOISE,
@@ -156,6 +156,13 @@ def resolve_model(model) -> tuple[str, str]:
         raise ValidationError(f"`model` must be a hub id, a local path or a tiny model name, got {model!r}")
     if is_tiny(model):
         if model not in TINY_MODELS:
+            shared = next((e for e in entries() if e.tiny and e.load and model == f"tiny/{e.key}"), None)
+            if shared is not None:  # a key-table row that shares another row's twin
+                options = ", ".join(f"{k}={v!r}" for k, v in shared.load.items())
+                raise ValidationError(
+                    f"`model` {model!r}: the {shared.key} row ({shared.pipeline}) shares a twin; load "
+                    f"{shared.tiny!r} with {options} (lab.load_pipeline({shared.tiny!r}, {options}), or those "
+                    f"options in a spec)")
             raise ValidationError(
                 f"`model` {model!r} is not an embedded tiny model; choose one of {sorted(TINY_MODELS)}"
                 f"{suggest(model, TINY_MODELS)}"
@@ -473,8 +480,11 @@ def _load_pretrained(source: str, opts, tiny: str | None = None):
     direct = family.loader_class(class_name)
     loader = getattr(diffusers, direct).from_pretrained if direct else AutoPipelineForImage2Image.from_pretrained
     if opts["enable_pag"]:  # AutoPipeline maps the class to its PAG variant
-        if direct:
-            raise ValidationError(f"`enable_pag`=True: {class_name} ({source!r}) has no PAG variant in diffusers")
+        with_pag = {family_of_class(e.pipeline).key: e.key for e in entries() if e.load.get("enable_pag")}
+        if direct or family.key not in with_pag:
+            raise ValidationError(
+                f"`enable_pag`=True: {class_name} ({tiny or source!r}) has no PAG variant in diffusers; the key "
+                f"table's PAG rows: {', '.join(sorted(with_pag.values()))} (lab.families())")
         extra["enable_pag"] = True
         if opts["pag_applied_layers"] is not None:
             layers = opts["pag_applied_layers"]

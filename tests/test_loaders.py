@@ -403,3 +403,12 @@ def test_offline_cached_hub_id_loads_from_the_cache(count_connections, sd15, ini
     direct = sd15(**kwargs, generator=torch.Generator().manual_seed(0)).images[0]
     assert np.array_equal(np.asarray(ours), np.asarray(direct))
     assert count_connections == []
+
+
+def test_shared_layout_rows_and_pag_where_there_is_none_say_what_to_load():
+    with pytest.raises(ValidationError, match=r"`model` 'tiny/sd-pag': the sd-pag row .*load 'tiny/sd15' with enable_pag=True"):
+        lab.load_pipeline("tiny/sd-pag")
+    with pytest.raises(ValidationError, match=r"load 'tiny/flux' with controlnet='tiny/controlnet-flux'"):
+        lab.load_pipeline("tiny/flux-controlnet")
+    with pytest.raises(ValidationError, match=r"^`enable_pag`=True: FluxPipeline \('tiny/flux'\) has no PAG variant.*sd-pag"):
+        lab.load_pipeline("tiny/flux", enable_pag=True)
