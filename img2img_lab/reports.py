@@ -107,7 +107,7 @@ NOTEBOOK_DEFAULTS = {
     },
     "06_modern_models": {
         **{k: COMPANIONS[k] for k in MODERN_MODELS}, **_GUIDE_IMAGE,
-        # each pipeline's own steps (FLUX.1 28, Z-Image-Turbo 8, ...) and size; bf16, as these are trained
+        # each pipeline's own steps (FLUX.1 28, Z-Image-Turbo 9, ...) and size; bf16, as these are trained
         "num_inference_steps": (None, 2), **_OWN_SIZE, "dtype": ("bfloat16", "float32"),
     },
     # 05: the spec's value first (see NotebookParameters.sweep_spec), then these

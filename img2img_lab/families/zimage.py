@@ -100,9 +100,13 @@ class ZImage(Family):
     )
     options = ("vae",)  # its ControlNet pipelines are the controlnet family's
     call_pipelines = {IMG2IMG: "pipelines/z_image/pipeline_z_image_img2img.py"}
+    # where a spec is silent: Z-Image-Turbo's model card values (guidance-free, 9 scheduler steps =
+    # 8 transformer passes), not the signature's 5.0 and 50, which are a base model's
+    call_defaults = {IMG2IMG: {"guidance_scale": 0.0, "num_inference_steps": 9}}
     entries = (
         Entry("z-image", IMG2IMG, "Tongyi-MAI/Z-Image-Turbo", mapping_key="z-image", tiny="tiny/z-image",
-              note="Turbo: guidance_scale 0 and ~8 steps (the signature's 5.0 is the base model's); the pipeline "
+              note="guidance_scale 0.0 and 9 steps where a spec is silent (Turbo's card; the signature's 5.0 and 50 "
+                   "are a base model's: set them for one); the pipeline "
                    "does not resize its init image (img2img_lab resizes it to height/width first, as a user must). "
                    "No single file here: diffusers' from_single_file reads only the transformer from one and "
                    "needs text_encoder and vae passed in, which load_pipeline does not do"),
