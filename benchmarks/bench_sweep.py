@@ -154,6 +154,15 @@ def main() -> None:
                         help="also run the sweep with a torch.compile-d UNet and count (re)compilations")
     args = parser.parse_args()
     if args.family != "sd15":
+        from img2img_lab import ValidationError, families
+        from img2img_lab.vocab import suggest
+
+        try:
+            families.entry(args.family)
+        except ValidationError:
+            keys = [e.key for e in families.entries()]
+            parser.error(f"--family {args.family!r} is not a key of lab.families(){suggest(args.family, keys)}; "
+                         f"the keys: {', '.join(keys)}")
         family_run(args.family, args.repeat)
         return
     config = CONFIGS[args.config]
@@ -274,7 +283,7 @@ def family_run(key: str, repeat: int) -> None:
     from img2img_lab import SweepSpec, families, load_image, load_pipeline, run_sweep
     from img2img_lab.knobs import resolve_call, taken
 
-    entry = families.entry(key)  # a clear error naming the key and the table's keys
+    entry = families.entry(key)
     if entry.tiny is None:
         raise SystemExit(f"--family {key}: {entry.pipeline} has no tiny twin here ({entry.note or 'see lab.families()'})")
     pipe = load_pipeline(entry.tiny, **dict(entry.load))
