@@ -105,6 +105,11 @@ class LoadContext:
     load_component: Callable[[Any, str, str], Any]
     load_pipeline: Callable[[Any, str, str], Any]
 
+    @property
+    def name(self) -> str:
+        """The model as the user named it, for messages: the tiny name, else the hub id or folder."""
+        return self.tiny or self.source
+
 
 class StepBatching(Protocol):
     """The family-specific pieces of `batched.py`'s engine, which batches many image-to-image
@@ -220,7 +225,7 @@ class Family:
         extra = {}
         if opts["controlnet"] is not None:
             if "controlnet" not in self.options:
-                raise ValidationError(f"`controlnet` can't be used with the {self.title} {ctx.source!r} ({ctx.class_name})")
+                raise ValidationError(f"`controlnet` can't be used with the {self.title} {ctx.name!r} ({ctx.class_name})")
             controlnets = opts["controlnet"]
             loaded = [ctx.load_component(c, self.controlnet_class, "controlnet")
                       for c in (controlnets if isinstance(controlnets, (list, tuple)) else [controlnets])]

@@ -109,7 +109,7 @@ class DeepFloydIF(Family):
         for name in ("vae", "controlnet"):
             if ctx.options.get(name) is not None:
                 raise ValidationError(
-                    f"`{name}` can't be used with the {self.title} {ctx.source!r} ({ctx.class_name}): "
+                    f"`{name}` can't be used with the {self.title} {ctx.name!r} ({ctx.class_name}): "
                     f"it denoises pixels, with no {'autoencoder' if name == 'vae' else 'ControlNet'}"
                 )
         return {}

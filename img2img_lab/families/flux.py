@@ -214,7 +214,7 @@ class Flux(Family):
         """ControlNets (as `FluxControlNetModel`) into a plain FLUX.1 checkpoint only, and a VAE."""
         if ctx.options["controlnet"] is not None and ctx.class_name not in TAKE_CONTROLNET | {CONTROLNET_IMG2IMG}:
             raise ValidationError(
-                f"`controlnet` can't be used with the {ctx.class_name} {ctx.source!r}: FLUX ControlNets go with a "
+                f"`controlnet` can't be used with the {ctx.class_name} {ctx.name!r}: FLUX ControlNets go with a "
                 f"FLUX.1-dev/schnell checkpoint ({TEXT2IMG}); a Kontext or Canny/Depth checkpoint takes none"
             )
         return super().load_extras(ctx)

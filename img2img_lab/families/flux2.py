@@ -298,7 +298,7 @@ class Flux2(Family):
         PixtralProcessor (FLUX.2-dev's) can load here."""
         if ctx.class_name in PROCESSOR_PIPELINES and torchvision_missing() and names_processor(ctx):
             raise ValidationError(
-                f"`model` {ctx.source!r} ({ctx.class_name}) {NEEDS_TORCHVISION}: pip install torchvision"
+                f"`model` {ctx.name!r} ({ctx.class_name}) {NEEDS_TORCHVISION}: pip install torchvision"
             )
         return super().load_extras(ctx)
 

@@ -226,7 +226,7 @@ class Kandinsky22(Family):
         prior = prior or self.hub_priors.get(ctx.source)
         if prior is None:
             raise ValidationError(
-                f"`prior` is needed for the Kandinsky {self.version} decoder {ctx.source!r}: pass prior=<hub id or "
+                f"`prior` is needed for the Kandinsky {self.version} decoder {ctx.name!r}: pass prior=<hub id or "
                 f"folder> (e.g. {self.example_prior!r})"
             )
         return prior

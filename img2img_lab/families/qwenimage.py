@@ -230,7 +230,7 @@ class QwenImage(Family):
         """The default (a replacement `vae`), after checking that a processor pipeline can load here."""
         if ctx.class_name in PROCESSOR_PIPELINES and torchvision_missing():
             raise ValidationError(
-                f"`model` {ctx.source!r} ({ctx.class_name}) {NEEDS_TORCHVISION}: pip install torchvision"
+                f"`model` {ctx.name!r} ({ctx.class_name}) {NEEDS_TORCHVISION}: pip install torchvision"
             )
         return super().load_extras(ctx)
 
