@@ -122,7 +122,7 @@ class SweepResult:
         out = []
         own = {m: tiny_call(str(m)) for m in self.df["model"].unique()} if "model" in self.df.columns else {}
         for col in self.parameters:
-            values = self.df[col].map(lambda v: norm_value(_as_list(v)))  # arrays: a parquet round trip's lists
+            values = self.df[col].map(norm_value)
             if values.nunique(dropna=False) > 1 and not self._follows_model(col, own):
                 out.append(col)
         return out
@@ -134,7 +134,7 @@ class SweepResult:
         for model, value in zip(self.df["model"], self.df[col]):
             options = own[model]
             if col in options:
-                if norm_value(_as_list(value)) != norm_value(_as_list(options[col])):
+                if norm_value(value) != norm_value(options[col]):
                     return False
             elif not is_null(value):
                 return False
@@ -269,9 +269,3 @@ def _status_html(row) -> str:
     short = format_value(str(error), _HTML_CHARS)
     return f"<span title='{_attr(error)}'>{html.escape(str(status))}: {html.escape(short)}</span>"
 
-
-def _as_list(value):
-    """A tuple, list or array as a plain list (a parquet round trip turns a tuple into an array)."""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    return list(value) if isinstance(value, (tuple, list)) else value

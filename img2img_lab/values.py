@@ -19,7 +19,8 @@ LABEL_CHARS = 28  # labels longer than this (prompts, URLs) are shortened
 
 
 def norm_value(value):
-    """A hashable stand-in for a cell value: None/NaN become `NULL`, lists/dicts/arrays their repr.
+    """A hashable stand-in for a cell value: None/NaN become `NULL`, lists/dicts/arrays their repr
+    (a tuple and an array as the list they hold, so a value compares equal after a parquet round trip).
 
     Example:
         >>> norm_value(float("nan")) == norm_value(None)
@@ -31,8 +32,10 @@ def norm_value(value):
         value = value.item()
         if isinstance(value, float) and math.isnan(value):
             return NULL
-    if isinstance(value, (list, dict, tuple, set, np.ndarray)):
-        return repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    if isinstance(value, (np.ndarray, tuple)):  # a tuple comes back from parquet as an array: one form
+        value = value.tolist() if isinstance(value, np.ndarray) else list(value)
+    if isinstance(value, (list, dict, set)):
+        return repr(value)
     return value
 
 
