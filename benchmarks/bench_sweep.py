@@ -263,17 +263,20 @@ FAMILY_STEPS = 4
 
 
 def family_grid(pipe) -> dict:
-    """The sweep's axes that `pipe` takes: strength, guidance_scale, negative_prompt (2 x 2 x 2 at most)."""
+    """The sweep's axes that `pipe` takes and reads: strength, guidance (true CFG where the pipeline has
+    it, with a negative prompt it then reads), negative_prompt; 2 x 2 x 2 at most."""
+    from img2img_lab.families import family_of
     from img2img_lab.knobs import taken
 
     names = taken(type(pipe).__name__)
-    grid = {"strength": [0.5, 0.9], "guidance_scale": [2.0, 5.0], "negative_prompt": [None, "blurry, low quality"]}
-    if "true_cfg_scale" in names and "negative_prompt" in names:  # FLUX.1 / Qwen-Image: real CFG reads it
-        grid["true_cfg_scale"] = [1.0, 4.0]
-        grid.pop("guidance_scale")
-        grid.pop("negative_prompt")
-        grid["negative_prompt"] = ["blurry, low quality"]
-    return {k: v for k, v in grid.items() if k in names}
+    negatives = [None, "blurry, low quality"]
+    if "true_cfg_scale" in names:  # FLUX.1 / Qwen-Image: guidance is true CFG, read with a negative prompt
+        grid = {"strength": [0.5, 0.9], "true_cfg_scale": [1.0, 4.0], "negative_prompt": negatives[1:]}
+    else:
+        grid = {"strength": [0.5, 0.9], "guidance_scale": [2.0, 5.0], "negative_prompt": negatives}
+    grid = {k: v for k, v in grid.items() if k in names}
+    ignored = family_of(pipe).knob_problem(type(pipe).__name__, {k: v[-1] for k, v in grid.items()}, pipe.config)
+    return {k: v for k, v in grid.items() if k not in ignored}  # e.g. a distilled FLUX.2 [klein]'s guidance
 
 
 def family_run(key: str, repeat: int) -> None:
