@@ -42,6 +42,15 @@ CALL_WARNING_NOISE = (
     # numpy 2 on diffusers' own np.array(tensor ...) in some schedulers' set_timesteps
     (r"__array__ implementation doesn't accept a copy keyword", DeprecationWarning),
 )
+# loading several LoRAs into one pipeline (adapters.AdapterSwitch), which is what a LoRA axis does:
+# diffusers says per load that a LoRA without text-encoder layers has none, and peft that a model
+# already holding an adapter gets another one
+ADAPTER_LOG_NOISE = (
+    re.compile(r"^No LoRA keys associated to \w+ found with the prefix="),
+)
+ADAPTER_WARNING_NOISE = (
+    (r"Already found a `peft_config` attribute in the model", UserWarning),
+)
 LOAD_WARNING_NOISE = (
     # diffusers' hub downloads pass an argument huggingface_hub no longer uses
     (r"The `local_dir_use_symlinks` argument is deprecated", UserWarning),
@@ -121,6 +130,12 @@ def quiet_call():
 def quiet_loading():
     """Around from_pretrained/save_pretrained: the libraries' own progress bars off."""
     return quiet_third_party(warnings_=LOAD_WARNING_NOISE, progress_bars=True)
+
+
+def quiet_adapters():
+    """Around load_lora_weights/load_ip_adapter: the per-load notices of several adapters off."""
+    return quiet_third_party(logs=ADAPTER_LOG_NOISE, warnings_=ADAPTER_WARNING_NOISE + LOAD_WARNING_NOISE,
+                             progress_bars=True)
 
 
 def user_stacklevel() -> int:

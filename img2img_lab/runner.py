@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .adapters import AdapterSwitch, check_support, resolve_ip_adapter, resolve_lora
+from .cells import lora_label
 from .control import prepare_control_image
 from .errors import ValidationError
 from .families import family_of
@@ -32,6 +33,7 @@ from .loop import Outcome, Progress, Todo, distributed_state, error_text, resolv
 from .prompts import weighted_call
 from .result import SweepResult
 from .store import SweepStore
+from .timings import record_rows
 from .spec import SweepSpec, tiny_size_note
 from .torchutil import free_memory, generator, is_nan_image, is_out_of_memory, resolve_device
 from .validation import check_sizes, size_multiple
@@ -47,6 +49,7 @@ class _Prepared:
     image_hash: str
     key: str
     row: dict = field(default_factory=dict)
+    reference: object = None  # the IP-Adapter's reference picture (PIL), for cells with one
 
 
 def _as_spec(spec):
@@ -166,16 +169,22 @@ def _load_init_image(source, model, notes: list):
 
 
 def _spec_on_disk(spec, prepared: list[_Prepared], store: SweepStore):
-    """The spec as spec.yaml can hold it: an in-memory init image (PIL, array) is replaced by the
-    path of its stored copy in inputs/, which has the same pixels and so the same cell keys."""
-    if all(isinstance(source, str) for source in spec.image):
-        return spec
-    stored = {}
-    for p in prepared:
-        if not isinstance(p.cell.image, str):
-            stored[id(p.cell.image)] = str((store.root / p.row["init_image_path"]).resolve())
-    images = [source if isinstance(source, str) else stored[id(source)] for source in spec.image]
-    return spec.replace(image=images if len(images) > 1 else images[0])
+    """The spec as spec.yaml can hold it: an in-memory picture (PIL, array) as `image` or
+    `ip_adapter_image` is replaced by the path of its stored copy in inputs/, which has the same
+    pixels and so the same cell keys."""
+    changes = {}
+    for name, path_column in (("image", "init_image_path"), ("ip_adapter_image", "ip_adapter_image_path")):
+        sources = getattr(spec, name)
+        if all(isinstance(source, str) or source is None for source in sources):
+            continue
+        stored = {}
+        for p in prepared:
+            source = getattr(p.cell, name)
+            if source is not None and not isinstance(source, str):
+                stored[id(source)] = str((store.root / p.row[path_column]).resolve())
+        values = [s if isinstance(s, str) or s is None else stored[id(s)] for s in sources]
+        changes[name] = values if len(values) > 1 else values[0]
+    return spec.replace(**changes) if changes else spec
 
 
 def _run_dtype(spec, pipe) -> str:
@@ -200,16 +209,27 @@ def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> 
     if size_note:
         notes.append(size_note)
     images: dict = {}
+
+    def picture(source, model):
+        ref = source if isinstance(source, str) else id(source)  # PIL images are not hashable
+        if ref not in images:  # once per distinct source: one load, one substitution notice
+            image, loaded = _load_init_image(source, model, notes)
+            digest = image_hash(image)
+            images[ref] = (image, digest, store.write_input(digest, image), loaded)
+        return images[ref]
+
     prepared = []
     for cell in spec.cells():
         source = cell.image
-        ref = source if isinstance(source, str) else id(source)  # PIL images are not hashable
-        if ref not in images:  # once per distinct source: one load, one substitution notice
-            image, loaded = _load_init_image(source, cell.model, notes)
-            digest = image_hash(image)
-            images[ref] = (image, digest, store.write_input(digest, image), loaded)
-        image, digest, rel, loaded = images[ref]
-        key = cell.key(digest, dtype)
+        image, digest, rel, loaded = picture(source, cell.model)
+        extra = {}
+        reference = None
+        if cell.ip_adapter is not None:  # the IP-Adapter's reference picture: stored and hashed like the init image
+            reference, ref_digest, ref_rel, ref_loaded = picture(cell.ip_adapter_image, cell.model)
+            extra = {"ip_adapter_image": str(ref_loaded) if not hasattr(ref_loaded, "size") else
+                     f"<{type(ref_loaded).__name__}>", "ip_adapter_image_hash": ref_digest,
+                     "ip_adapter_image_path": ref_rel}
+        key = cell.key(digest, dtype, extra.get("ip_adapter_image_hash"))
         row = {
             "key": key,
             "model": str(cell.model),
@@ -221,10 +241,12 @@ def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> 
             "seed": int(cell.seed),
             "scheduler": cell.scheduler,
             "compel": bool(cell.compel),
+            **cell.adapter_row(),
+            **extra,
             **{k: v for k, v in cell.call.items() if k != "image"},
         }
         row["effective_steps"] = effective_steps(cell.call)
-        prepared.append(_Prepared(cell, image, digest, key, row))
+        prepared.append(_Prepared(cell, image, digest, key, row, reference))
     return prepared
 
 
@@ -282,58 +304,102 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
     df, meta = run_cells(
         store, [Todo(p.key, p.row, p) for p in prepared], executor, exact=exact, progress=progress,
         generator="torch.Generator('cpu').manual_seed(seed)",
-        table_metadata={"img2img_lab": {"spec": spec.to_dict()}},
+        table_metadata={"img2img_lab": {"spec": spec.to_dict()}}, run_info={"loads": executor.loads},
         before_run=lambda: store.write_spec(_spec_on_disk(spec, prepared, store)),
     )
+    # 4. what this run's cells took, for the next plan's estimate (`lab.plan`)
+    runs = meta.get("runs") or []
+    if runs and runs[-1].get("computed") and "created" in df.columns:
+        record_rows(df[df["created"] >= runs[-1]["started"]])
     return SweepResult(df=df, out_dir=store.root, spec=spec, meta=meta)
 
 
 def check_knobs_before_loading(spec) -> dict | None:
     """`knobs.check_knobs` over the spec's cells when every model's class is known without loading
-    it (tiny twins); None when some model must be loaded first (then `SpecExecutor.check` does it)."""
+    it (tiny twins), and that those that use a LoRA or an IP-Adapter take one; None when some
+    model must be loaded first (then `SpecExecutor.check` does it)."""
     classes = {str(m): known_class(m, spec.options) for m in spec.model}
     if any(cls is None for cls in classes.values()):
         return None
     calls: dict = {model: (cls, []) for model, cls in classes.items()}
+    cells: dict = {model: (cls, []) for model, cls in classes.items()}
     for cell in spec.cells():
         calls[str(cell.model)][1].append(dict(cell.call))
+        cells[str(cell.model)][1].append(cell)
+    check_support(cells)
     return check_knobs(calls)
 
 
+def load_order(cell) -> tuple:
+    """What a cell needs loaded, most expensive first: model, IP-Adapter, LoRAs and their weights,
+    the IP-Adapter's scale, scheduler. Cells are run grouped by it, so each model loads once, each
+    IP-Adapter once per model, each LoRA once per model (then only its weights change)."""
+    return (str(cell.model), cell.ip_adapter, cell.lora, cell.lora_scale, cell.ip_adapter_scale, cell.scheduler)
+
+
+def group_cells(items: list, cell_of=lambda item: item) -> dict:
+    """Items grouped by `load_order`, the groups in cost order whatever the spec's axis order:
+    models in their first-appearance order, and within a model its IP-Adapters, then its LoRAs."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(load_order(cell_of(item)), []).append(item)
+    first: dict = {}
+    for key in groups:  # rank of each model, and of each IP-Adapter within its model, by first appearance
+        first.setdefault((key[0],), len(first))
+        first.setdefault(key[:2], len(first))
+    order = sorted(groups, key=lambda k: (first[(k[0],)], first[k[:2]], repr(k[2:])))
+    return {key: groups[key] for key in order}
+
+
 class SpecExecutor:
-    """Runs a spec's cells for the sweep loop: grouped by (model, scheduler) so each pipeline loads
-    once, batched through the denoiser where the cells share a timestep grid, else one call each."""
+    """Runs a spec's cells for the sweep loop: grouped by what they load (`load_order`: model,
+    IP-Adapter, LoRAs, scheduler) so each loads once, batched through the denoiser where the cells
+    share a timestep grid, else one call each. `loads` counts what was loaded (meta.json's run record)."""
 
     def __init__(self, spec, pipe=None, *, batched: bool = True, max_batch_size: int = 8):
         self.spec, self.pipe, self.batched, self.max_batch_size = spec, pipe, batched, max_batch_size
         self.options = dict(spec.options)
         self.said: set = set()  # long-prompt notices already given: once per sweep, not per model
         self.skipped: dict = {}  # model -> arguments of the spec it doesn't take (knobs.check_knobs)
+        self.pipes: dict = {}  # model -> its pipeline, loaded once per sweep
+        self.loads: dict = {"model": 0, "lora": 0, "ip_adapter": 0, "scheduler": 0}
 
     def groups(self, todo: list[Todo]) -> dict:
-        """The cells to run per (model, scheduler), in the order they first appear."""
-        groups = defaultdict(list)
-        for item in todo:
-            groups[(str(item.work.cell.model), item.work.cell.scheduler)].append(item)
-        return groups
+        """The cells to run per `load_order` key, in cost order (see `group_cells`)."""
+        return group_cells(todo, lambda item: item.work.cell)
 
     def pipeline(self, model: str):
-        """The pipeline of `model`: the one passed to `run_sweep`, else loaded (and cached)."""
-        return self.pipe if self.pipe is not None else load_pipeline(model, **self.options)
+        """The pipeline of `model`: the one passed to `run_sweep`, else loaded (once per sweep)."""
+        if self.pipe is not None:
+            return self.pipe
+        if model not in self.pipes:
+            self.pipes[model] = load_pipeline(model, **self.options)
+            self.loads["model"] += 1
+        return self.pipes[model]
 
     def check(self, groups: dict) -> None:
         """Before any cell runs: every model's cells against its loaded pipeline (call keywords,
-        sizes against its VAE factor), and a note for init images the pipeline will round."""
+        adapters, sizes against its VAE factor), and a note for init images the pipeline will round."""
         said = set()
         calls: dict = {}
         configs: dict = {}
-        for (model, _), items in groups.items():
+        cells: dict = {}
+        for key, items in groups.items():
+            model = key[0]
             pipe = self.pipeline(model)
             calls.setdefault(model, (type(pipe).__name__, []))[1].extend(dict(item.work.cell.call) for item in items)
+            cells.setdefault(model, (type(pipe), []))[1].extend(item.work.cell for item in items)
             configs[model] = getattr(pipe, "config", None)
+        check_support(cells)
         self.skipped = check_knobs(calls, configs)
-        for (model, _), items in groups.items():
+        for key, items in groups.items():
+            model = key[0]
             pipe = self.pipeline(model)
+            for item in items:  # every adapter file is found before any cell runs
+                for source, _ in item.work.cell.lora or ():
+                    resolve_lora(source, allow_pickle=bool(self.options.get("allow_pickle")))
+                if item.work.cell.ip_adapter is not None:
+                    resolve_ip_adapter(item.work.cell.ip_adapter, allow_pickle=bool(self.options.get("allow_pickle")))
             check_call_keys(pipe, [item.work for item in items])
             for note in rounding_notes(pipe, [item.work for item in items]):
                 if note not in said:
@@ -345,20 +411,51 @@ class SpecExecutor:
         if state.num_processes > 1 and "device" not in self.options:
             self.options["device"] = str(state.device)  # one device per process
         groups = self.groups(todo)
-        self.check(groups)  # loads each model once (the cache keeps it for the run below)
-        for (model, scheduler), items in groups.items():
-            pipe = self.pipeline(model)
-            base = _pipe_row(pipe, model)  # a passed pipe was checked to be this model
-            label = model if scheduler is None else f"{model} · {scheduler}"
-            with quiet_progress(pipe), _scheduler(pipe, scheduler):
-                base["scheduler_class"] = type(pipe.scheduler).__name__
-                cells = {id(item.work): item for item in items}
-                for p, image, status, error, seconds, batch_size, engine in _execute(
-                    pipe, [item.work for item in items], batched=self.batched, max_batch_size=self.max_batch_size,
-                    progress=progress, label=label, said=self.said,
-                ):
-                    row = {**base, "batched": engine, **knob_row(pipe, p, self.skipped.get(model, ()))}
-                    yield Outcome(cells[id(p)], image, status, error, seconds, batch_size, row)
+        self.check(groups)  # loads each model once (kept for the run below)
+        switches: dict = {}  # model -> its AdapterSwitch, while its cells run
+        scheduler_now: dict = {}
+        try:
+            for key, items in groups.items():
+                model, scheduler = key[0], key[-1]
+                pipe = self.pipeline(model)
+                cell = items[0].work.cell
+                adapter_fields = {}
+                if cell.lora is not None or cell.ip_adapter is not None or model in switches:
+                    switch = switches.setdefault(model, AdapterSwitch(
+                        pipe, model, allow_pickle=bool(self.options.get("allow_pickle"))))
+                    adapter_fields = switch.use(cell)
+                    self.loads["lora"] = sum(s.loads["lora"] for s in switches.values())
+                    self.loads["ip_adapter"] = sum(s.loads["ip_adapter"] for s in switches.values())
+                if scheduler is not None and scheduler_now.get(model) != scheduler:
+                    self.loads["scheduler"] += 1
+                scheduler_now[model] = scheduler
+                base = _pipe_row(pipe, model)  # a passed pipe was checked to be this model
+                label = _group_label(model, cell)
+                with quiet_progress(pipe), _scheduler(pipe, scheduler):
+                    base["scheduler_class"] = type(pipe.scheduler).__name__
+                    cells = {id(item.work): item for item in items}
+                    for p, image, status, error, seconds, batch_size, engine in _execute(
+                        pipe, [item.work for item in items], batched=self.batched, max_batch_size=self.max_batch_size,
+                        progress=progress, label=label, said=self.said,
+                    ):
+                        row = {**base, **adapter_fields, "batched": engine,
+                               **knob_row(pipe, p, self.skipped.get(model, ()))}
+                        yield Outcome(cells[id(p)], image, status, error, seconds, batch_size, row)
+        finally:
+            for switch in switches.values():  # the cached pipelines are their base models again
+                switch.release()
+
+
+def _group_label(model: str, cell) -> str:
+    """The progress bar's name for a group: model · LoRA · IP-Adapter · scheduler, those it has."""
+    parts = [model]
+    if cell.lora is not None:
+        parts.append(lora_label(cell.lora))
+    if cell.ip_adapter is not None:
+        parts.append(cell.ip_adapter)
+    if cell.scheduler is not None:
+        parts.append(cell.scheduler)
+    return " · ".join(parts)
 
 
 def knob_row(pipe, p: _Prepared, skipped=()) -> dict:
@@ -489,6 +586,8 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
                 shared[key] = prepare_control_image(call[name], image.size)
             call[name] = shared[key]
     call["image"] = image
+    if prepared.reference is not None:  # the IP-Adapter's reference picture
+        call["ip_adapter_image"] = prepared.reference
     if prepared.cell.compel:
         call = weighted_call(pipe, call)  # prompt texts -> compel embeddings (the row keeps the text)
     return call

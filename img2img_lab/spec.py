@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .cells import KEY_LENGTH, KEY_VERSION, Cell, expand_cells, key_options, tiny_size_note
+from .cells import KEY_LENGTH, KEY_VERSION, Cell, expand_cells, key_options, lora_plain, tiny_size_note
 from .errors import ValidationError
 from .frozen import FrozenDict, plain
 from .ranges import MAX_RANGE, expand_range
@@ -52,11 +52,14 @@ from .validation import (
     route,
 )
 from .vocab import (
+    ADAPTER_AXES,
     AXES,
     CALL_AXES,
     DEFAULTS,
+    LABEL_AXES,
     MAX_SEED,
     PIXEL_OPTIONS,
+    PROMPT_TEXTS,
     SCHEDULER_NAMES,
     SETTINGS,
     effective_steps,
@@ -118,6 +121,24 @@ class SweepSpec:
             4 LCM). Every cell must run at least one
             denoising step: `int(num_inference_steps * strength) >= 1`.
         scheduler: a name from `SCHEDULER_NAMES`, or None (default) for the model's own.
+        lora: LoRAs to load into the model (diffusers' `load_lora_weights`, then `set_adapters`):
+            each value None (the base model, default), a source (hub id, `owner/name/file.safetensors`,
+            folder, `.safetensors` file, `tiny/sd15-lora`), or several at once: a list of sources, or a
+            mapping source -> weight. A list of such values is an axis: `[null, a, [a, b]]`. Each
+            LoRA is loaded once per model; switching between cells does not reload the model.
+        lora_scale: a number multiplying every LoRA's weight (0 gives the base model's image),
+            or a mapping source -> scale per LoRA; default None: the weights as given (1.0).
+        ip_adapter: an IP-Adapter (diffusers' `load_ip_adapter`): a folder or `.safetensors`/`.bin`
+            file with an `image_encoder/` folder beside it, `owner/name/sub/file.safetensors` on the
+            Hub, or `tiny/sd15-ip-adapter`; default None.
+        ip_adapter_scale: `set_ip_adapter_scale` (>= 0); default None: 1.0, diffusers' default.
+        ip_adapter_image: the reference image(s) for the IP-Adapter, as `image`.
+        prompt_sr: prompt search/replace as in AUTOMATIC1111's X/Y/Z plot: `["jungle", "desert"]`
+            makes one cell per term, each replacing "jungle" in every prompt text (prompt,
+            prompt_2, negative prompts) where it occurs; the first term must occur in one of them.
+        variants: named groups of arguments as one axis with readable labels, e.g.
+            `{"soft": {"strength": 0.3, "guidance_scale": 4}, "strong": {"strength": 0.8}}`: each
+            variant sets axes or call keywords (one value each) that the spec does not sweep.
         params: any other keyword of the pipeline call (see `call_parameters`), fixed or swept,
             e.g. `{"eta": 0.0, "controlnet_conditioning_scale": [0.5, 1.0]}`. They may also be
             given flat, as in YAML: `SweepSpec(..., eta=0.0, offload="model")` routes call keywords
@@ -149,6 +170,13 @@ class SweepSpec:
     seed: Any = DEFAULTS["seed"]
     num_inference_steps: Any = DEFAULTS["num_inference_steps"]
     scheduler: Any = DEFAULTS["scheduler"]
+    lora: Any = DEFAULTS["lora"]
+    lora_scale: Any = DEFAULTS["lora_scale"]
+    ip_adapter: Any = DEFAULTS["ip_adapter"]
+    ip_adapter_scale: Any = DEFAULTS["ip_adapter_scale"]
+    ip_adapter_image: Any = DEFAULTS["ip_adapter_image"]
+    prompt_sr: Any = DEFAULTS["prompt_sr"]
+    variants: Any = DEFAULTS["variants"]
     params: Mapping[str, Any] = field(default_factory=FrozenDict)
     options: Mapping[str, Any] = field(default_factory=FrozenDict)
     name: str | None = None
@@ -180,7 +208,11 @@ class SweepSpec:
         for setting in ("compel", "exact"):
             if not isinstance(getattr(self, setting), bool):
                 raise ValidationError(f"`{setting}` must be true or false, got {getattr(self, setting)!r}")
-        # 4. per cell: every (num_inference_steps, strength) pair must denoise at least once
+        # 4. axes that go together: an adapter's settings need the adapter, a search term a prompt
+        self._check_adapters()
+        self._check_prompt_sr()
+        self._check_variants()
+        # 5. per cell: every (num_inference_steps, strength) pair must denoise at least once
         self._check_effective_steps()
 
     @staticmethod
@@ -218,10 +250,72 @@ class SweepSpec:
                 )
         return FrozenDict({k: normalise_option(k, options[k]) for k in sorted(options)})
 
+    def _variant_values(self, key) -> list:
+        """The values `key` takes in this spec: the axis' (or param's) own and any a variant sets."""
+        own = getattr(self, key) if key in AXES else self.params.get(key, (None,))
+        values = list(own)
+        for variant in self.variants:
+            if variant is not None and key in variant[1] and variant[1][key] not in values:
+                values.append(variant[1][key])
+        return values
+
+    def _check_adapters(self):
+        loras = [v for v in self._variant_values("lora") if v is not None]
+        if not loras and any(v is not None for v in self._variant_values("lora_scale")):
+            raise ValidationError(f"`lora_scale`={list(self.lora_scale)!r} is set but `lora` is not: name a LoRA "
+                                  f"(e.g. lora: tiny/sd15-lora), or drop lora_scale")
+        sources = {s for combo in loras for s, _ in combo}
+        for scale in self._variant_values("lora_scale"):
+            for source in (scale if isinstance(scale, Mapping) else ()):
+                if source not in sources:
+                    raise ValidationError(f"`lora_scale` names {source!r}, which no `lora` value loads "
+                                          f"(the LoRAs: {sorted(sources)}){suggest(source, sources)}")
+        adapters = [v for v in self._variant_values("ip_adapter") if v is not None]
+        for key in ("ip_adapter_scale", "ip_adapter_image"):
+            if not adapters and any(v is not None for v in self._variant_values(key)):
+                raise ValidationError(f"`{key}` is set but `ip_adapter` is not: name an IP-Adapter "
+                                      f"(e.g. ip_adapter: tiny/sd15-ip-adapter), or drop {key}")
+        if adapters and None in self._variant_values("ip_adapter_image"):
+            raise ValidationError(f"`ip_adapter`={adapters[0]!r} needs a reference picture: set `ip_adapter_image` "
+                                  f"(a sample name, path or URL, or a list of them to sweep)")
+
+    def _prompt_texts(self) -> list[str]:
+        texts = []
+        for key in PROMPT_TEXTS:
+            texts.extend(v for v in self._variant_values(key) if isinstance(v, str))
+        return texts
+
+    def _check_prompt_sr(self):
+        if self.prompt_sr == (None,):
+            return
+        term = self.prompt_sr[0]
+        texts = self._prompt_texts()
+        if not any(term in text for text in texts):
+            shown = ", ".join(repr(t) for t in texts[:4]) + (", ..." if len(texts) > 4 else "")
+            raise ValidationError(
+                f"`prompt_sr` term {term!r} occurs in none of the prompts ({shown}): the first term is the one "
+                f"every other term replaces (AUTOMATIC1111's Prompt S/R), so it must be written in a prompt"
+            )
+
+    def _check_variants(self):
+        swept = set(self.swept)
+        for variant in self.variants:
+            if variant is None:
+                continue
+            name, args = variant
+            clash = sorted(set(args) & swept)
+            if clash:
+                raise ValidationError(
+                    f"`variants` {name!r} sets `{clash[0]}`, which the spec also sweeps over "
+                    f"{list(getattr(self, clash[0], self.params.get(clash[0], ())))!r}: a variant may set only "
+                    f"arguments with one value in the spec (move `{clash[0]}` into every variant instead)"
+                )
+
     def _check_effective_steps(self):
         # With `denoising_start` (SDXL refiner style) the schedule ignores strength.
-        starts = self.params.get("denoising_start", (None,))
-        for steps, strength, start in itertools.product(self.num_inference_steps, self.strength, starts):
+        starts = self._variant_values("denoising_start")
+        for steps, strength, start in itertools.product(self._variant_values("num_inference_steps"),
+                                                        self._variant_values("strength"), starts):
             runs = effective_steps({"num_inference_steps": steps, "strength": strength})
             if start is None and runs is not None and runs < 1:  # None: the pipeline's default, checked when loaded
                 raise ValidationError(
@@ -300,7 +394,15 @@ class SweepSpec:
             out["compel"] = True
         if self.exact:
             out["exact"] = True
-        out.update({k: flat(v) for k, v in self.axis_values()})
+        for k, v in self.axis_values():
+            if k in (*ADAPTER_AXES, *LABEL_AXES) and v == (None,):
+                continue  # not used: left out, so specs without them read as before
+            if k == "lora":
+                out[k] = flat(tuple(lora_plain(combo) for combo in v))
+            elif k == "variants":
+                out[k] = {name: {a: plain(x) for a, x in args.items()} for name, args in v}
+            else:
+                out[k] = flat(v)
         out.update({k: plain(v) for k, v in self.options.items()})
         return out
 
@@ -350,11 +452,12 @@ class SweepSpec:
             >>> SweepSpec.from_yaml(spec.to_yaml()) == spec
             True
         """
-        for value in self.image:
-            if not isinstance(value, str):
-                raise ValidationError(
-                    f"`image` {value!r} is an in-memory picture; save it and give its path to write the spec as YAML"
-                )
+        for name in ("image", "ip_adapter_image"):
+            for value in getattr(self, name):
+                if value is not None and not isinstance(value, str):
+                    raise ValidationError(
+                        f"`{name}` {value!r} is an in-memory picture; save it and give its path to write the spec as YAML"
+                    )
         text = yaml.dump(self.to_dict(), Dumper=_SpecDumper, sort_keys=False, allow_unicode=True,
                          default_flow_style=False, width=100)
         if path is not None:

@@ -428,6 +428,153 @@ def _seeds(key, value) -> list:
     return values
 
 
+def _source(key, item) -> str:
+    """One adapter source: a tiny name, hub id, folder or file, as a non-empty string."""
+    if isinstance(item, os.PathLike):
+        item = os.fspath(item)
+    if not isinstance(item, str) or not item.strip():
+        raise ValidationError(
+            f"`{key}` sources must be non-empty strings (a hub id, a folder, a .safetensors file or a tiny "
+            f"name such as 'tiny/sd15-lora'), got {item!r}"
+        )
+    return item
+
+
+def _weight(key, source, weight) -> float:
+    if not is_number(weight) or not math.isfinite(float(weight)):
+        raise ValidationError(f"`{key}` weight of {source!r} must be a finite number, got {weight!r}")
+    return float(weight)
+
+
+def _loras(key, value) -> list:
+    """Each value: None (the base model), a source, or several at once: a list of sources (weight
+    1 each) or a mapping source -> weight; stored as a tuple of (source, weight) pairs."""
+    out = []
+    for item in _items(key, value):
+        if item is None:
+            out.append(None)
+            continue
+        if isinstance(item, Mapping):
+            pairs = [(_source(key, s), _weight(key, s, w)) for s, w in item.items()]
+        elif isinstance(item, (list, tuple)):  # sources (weight 1), or (source, weight) pairs as a spec stores them
+            pairs = [(_source(key, s[0]), _weight(key, s[0], s[1])) if isinstance(s, (list, tuple)) and len(s) == 2
+                     else (_source(key, s), 1.0) for s in item]
+        else:
+            pairs = [(_source(key, item), 1.0)]
+        if not pairs:
+            raise ValidationError(f"`{key}` has an empty combination {item!r}; use null for the base model")
+        names = [s for s, _ in pairs]
+        twice = sorted({s for s in names if names.count(s) > 1})
+        if twice:
+            raise ValidationError(f"`{key}` combination {item!r} names {twice[0]!r} twice")
+        out.append(tuple(pairs))
+    return out
+
+
+def _lora_scales(key, value) -> list:
+    """Each value: None (the weights as given), a number multiplying every LoRA's weight, or a
+    mapping source -> number for each LoRA (the others keep theirs)."""
+    out = []
+    for item in _items(key, value):
+        if item is None:
+            out.append(None)
+        elif isinstance(item, Mapping):
+            if not item:
+                raise ValidationError(f"`{key}` is an empty mapping; give source: scale pairs or a number")
+            out.append(FrozenDict({_source(key, s): _weight(key, s, w) for s, w in sorted(item.items())}))
+        else:
+            out.append(_number(key, item, integer=False) if not isinstance(item, str) else
+                       _one(key, number_text(key, item, False)))
+            if not math.isfinite(out[-1]):
+                raise ValidationError(f"`{key}` must be a finite number, got {item!r}")
+    return out
+
+
+def _one(key, values: list):
+    if len(values) != 1:
+        raise ValidationError(f"`{key}` takes one number per value here, got the range {values!r}; list them")
+    return values[0]
+
+
+def _ip_adapters(key, value) -> list:
+    return [None if item is None else _source(key, item) for item in _items(key, value)]
+
+
+@_or_default
+def _ip_adapter_scales(key, value) -> list:
+    values = _numbers(key, value, integer=False)
+    for v in values:
+        if not (math.isfinite(v) and v >= 0):
+            raise ValidationError(f"`ip_adapter_scale` must be a finite number >= 0, got {v!r}")
+    return values
+
+
+@_or_default
+def _ip_adapter_images(key, value) -> list:
+    try:
+        return _images(key, value)
+    except ValidationError:
+        raise ValidationError(
+            f"`ip_adapter_image` must be a sample name ('astronaut', 'cat'), a file path, a URL, a PIL image or "
+            f"None, got {value!r}"
+        ) from None
+
+
+def _prompt_sr(key, value) -> list:
+    """A1111's prompt search/replace: the terms, the first being the one every other replaces."""
+    if value is None or (isinstance(value, (list, tuple)) and list(value) == [None]):
+        return [None]
+    terms = _texts(key, value, allow_none=False)
+    if not terms[0]:
+        raise ValidationError(f"`prompt_sr` first term (what the others replace) must be non-empty, got {terms!r}")
+    return terms
+
+
+# the axes a variant may set (one value each), besides any pipeline call keyword
+_VARIANT_AXES = tuple(a for a in AXES if a not in ("variants", "prompt_sr", "image", "model"))
+
+
+def _variants(key, value) -> list:
+    """Named groups of arguments, one axis: {name: {key: one value, ...}} -> (name, args) pairs."""
+    if value is None or (isinstance(value, (list, tuple)) and list(value) == [None]):
+        return [None]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value):
+        value = dict(value)  # the (name, args) pairs a spec stores
+    if not isinstance(value, Mapping) or not value:
+        raise ValidationError(
+            f"`variants` must be a mapping of names to argument groups, e.g. {{'soft': {{'strength': 0.3}}, "
+            f"'strong': {{'strength': 0.8, 'guidance_scale': 9}}}}, got {value!r}"
+        )
+    out = []
+    for name, args in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"`variants` names must be non-empty strings, got {name!r}")
+        if args is None:
+            args = {}
+        if not isinstance(args, Mapping):
+            raise ValidationError(f"`variants` {name!r} must be a mapping of arguments, got {args!r}")
+        clean = {}
+        for arg, raw in args.items():
+            if arg in _VARIANT_AXES:
+                values = normalise_axis(arg, raw)
+            elif isinstance(arg, str) and arg in call_parameters():
+                values = normalise_param(arg, raw)
+            else:
+                known = [*_VARIANT_AXES, *call_parameters()]
+                raise ValidationError(
+                    f"`variants` {name!r} sets `{arg}`={raw!r}, which a variant can't set{suggest(arg, known)}: a "
+                    f"variant sets axes ({', '.join(_VARIANT_AXES)}) or pipeline call keywords, one value each"
+                )
+            if len(values) != 1:
+                raise ValidationError(
+                    f"`variants` {name!r} sets `{arg}` to {len(values)} values {raw!r}; a variant sets one value "
+                    f"per key (wrap a list-valued argument in one more list)"
+                )
+            clean[arg] = values[0]
+        out.append((name, FrozenDict(clean)))
+    return out
+
+
 _AXIS_VALUES = {
     "model": lambda key, value: _texts(key, value, allow_none=False, allow_empty=False),
     "prompt": lambda key, value: _texts(key, value, allow_none=False),
@@ -438,6 +585,13 @@ _AXIS_VALUES = {
     "guidance_scale": _guidance_scales,
     "num_inference_steps": _step_counts,
     "seed": _seeds,
+    "lora": _loras,
+    "lora_scale": _lora_scales,
+    "ip_adapter": _ip_adapters,
+    "ip_adapter_scale": _ip_adapter_scales,
+    "ip_adapter_image": _ip_adapter_images,
+    "prompt_sr": _prompt_sr,
+    "variants": _variants,
 }
 assert set(_AXIS_VALUES) == set(AXES)  # the axes and their checks change together
 

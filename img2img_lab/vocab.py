@@ -19,17 +19,31 @@ from typing import Mapping
 
 # The axes of a sweep, in the order `SweepSpec.cells()` nests them (the last one varies fastest).
 AXES = (
-    "model", "image", "prompt", "negative_prompt", "seed", "num_inference_steps", "scheduler",
-    "strength", "guidance_scale",
+    "model", "lora", "lora_scale", "ip_adapter", "ip_adapter_scale", "ip_adapter_image", "image", "prompt",
+    "prompt_sr", "negative_prompt", "seed", "num_inference_steps", "scheduler", "variants", "strength",
+    "guidance_scale",
 )
 # What a spec means where it is silent; model, prompt and image have none. None for a call
 # argument is "the pipeline's own default" (its family's, see `Family.call_defaults`, else its
 # `__call__` signature's: SD 1.5 strength 0.8 / guidance 7.5 / 50 steps, SDXL 0.3 / 5.0, FLUX.1
 # guidance 3.5 / 28 steps, LCM 4 steps, Kontext no strength at all); each row records the value used.
+# None for an adapter axis is "none" (the base model; `lora_scale` None: the weights as given),
+# for `prompt_sr` and `variants` "not swept".
 DEFAULTS = {
     "strength": None, "guidance_scale": None, "negative_prompt": None, "seed": 0,
     "num_inference_steps": None, "scheduler": None,
+    "lora": None, "lora_scale": None, "ip_adapter": None, "ip_adapter_scale": None, "ip_adapter_image": None,
+    "prompt_sr": None, "variants": None,
 }
+# The axes that change what is loaded into a pipeline rather than its call: LoRAs (diffusers'
+# `load_lora_weights` / `set_adapters`) and IP-Adapters (`load_ip_adapter` / `set_ip_adapter_scale`;
+# the reference image joins the call as `ip_adapter_image`). The runner loads each once per model.
+ADAPTER_AXES = ("lora", "lora_scale", "ip_adapter", "ip_adapter_scale", "ip_adapter_image")
+# The axes that name a change of other arguments: A1111's prompt search/replace (the first term is
+# replaced by each term in every prompt) and hand-written groups of arguments (`variants`).
+LABEL_AXES = ("prompt_sr", "variants")
+# The prompt texts `prompt_sr` searches and replaces in (those a spec sets).
+PROMPT_TEXTS = ("prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3")
 # The call keywords that are axes of their own.
 CALL_AXES = ("prompt", "negative_prompt", "strength", "guidance_scale", "num_inference_steps")
 # Spec-level settings that are neither axes nor call keywords nor load options.

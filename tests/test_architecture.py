@@ -105,8 +105,8 @@ LAYERS = {
     0: {"errors", "vocab", "values"},                                    # names and facts
     1: {"frozen", "ranges", "torchutil", "quiet", "families"},           # plain helpers, model families
     2: {"validation", "cells", "spec", "images", "tiny", "loaders", "checkpoints", "prompts", "control", "knobs",
-        "catalog", "memory", "batched"},                                 # specs, models, the engine
-    3: {"store", "result", "loop"},                                      # the folder, the table, the loop
+        "catalog", "memory", "batched", "adapters"},                                 # specs, models, the engine
+    3: {"store", "result", "loop", "timings"},                                      # the folder, the table, the loop
     4: {"runner", "chains"},                                             # running sweeps
     5: {"figures", "grid", "plots", "widgets", "metrics"},               # seeing results
     6: {"htmlexport", "reports", "cli", "__main__"},                     # outside: pages, reports, CLI

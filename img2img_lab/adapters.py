@@ -1,0 +1,354 @@
+"""LoRAs and IP-Adapters: where a source's weights are, their hash, and switching them on a pipeline.
+
+A spec names adapters by source, as it names models: an embedded tiny one (`tiny/sd15-lora`,
+`tiny/sd15-ip-adapter`), a local folder or file, a Hub repo (`owner/name`) or one file in it
+(`owner/name/sub/file.safetensors`). `resolve_lora` / `resolve_ip_adapter` turn a source into a
+local file (downloading a Hub one into the Hugging Face cache, or finding it there offline), so
+every load goes through diffusers' own loaders from a local folder and every row can record the
+file's hash. `AdapterSwitch` keeps one pipeline's adapters during a sweep: each LoRA is loaded once
+(`load_lora_weights`, then `set_adapters` per group of cells, `disable_lora` for the base model),
+the IP-Adapter once per source (`load_ip_adapter`, `set_ip_adapter_scale`), and everything is
+unloaded afterwards so the cached pipeline is the base model again.
+
+Plain at import: diffusers and huggingface_hub are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ValidationError
+from .loaders import hub_unreachable_reason
+from .quiet import quiet_adapters
+from .tiny import TINY_MODELS, tiny_model_path
+from .vocab import PICKLE_SUFFIXES, is_tiny, looks_like_hub_id, suggest
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
+IP_ADAPTER_FILE = "ip_adapter.safetensors"  # the tiny IP-Adapter's file (h94/IP-Adapter names its own)
+IMAGE_ENCODER = "image_encoder"  # the folder beside an IP-Adapter file holding its CLIP image encoder
+WEIGHT_SUFFIXES = (".safetensors", *sorted(PICKLE_SUFFIXES))
+HASH_CHARS = 12  # a row's `lora_sha256`: the file's sha256, shortened (Civitai's "AutoV2" is its first 10)
+
+
+@dataclass(frozen=True)
+class AdapterFile:
+    """One adapter's weights on this machine.
+
+    Args:
+        source: the source as the spec gave it.
+        folder: the local folder diffusers loads from.
+        weight_name: the weights file inside `folder`.
+        kind: "lora" or "ip_adapter" (the spec key it came from, for messages).
+    """
+
+    source: str
+    folder: Path
+    weight_name: str
+    kind: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.weight_name
+
+    @property
+    def sha256(self) -> str:
+        """The file's sha256 (hex), computed once per file and modification."""
+        return file_sha256(self.path)
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:HASH_CHARS]
+
+    @property
+    def pickle(self) -> bool:
+        return Path(self.weight_name).suffix.lower() in PICKLE_SUFFIXES
+
+
+_HASHES: dict = {}  # (path, size, mtime) -> sha256
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file (hex), cached per path, size and modification time."""
+    path = Path(path)
+    stat = path.stat()
+    ref = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if ref not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[ref] = digest.hexdigest()
+    return _HASHES[ref]
+
+
+# --------------------------------------------------------------------------------------------
+# source -> local file
+
+
+def resolve_lora(source: str, *, allow_pickle: bool = False) -> AdapterFile:
+    """Where LoRA `source` is on this machine: a tiny name, a `.safetensors` file, a folder holding
+    one (diffusers' `pytorch_lora_weights.safetensors` first), a Hub repo or a file in one.
+
+    Raises:
+        ValidationError: naming `lora` and the source when it can't be found, is ambiguous, or is a
+            pickle file without `allow_pickle`.
+
+    Example:
+        >>> resolve_lora("tiny/sd15-lora").weight_name
+        'pytorch_lora_weights.safetensors'
+    """
+    found = _resolve("lora", source, preferred=LORA_FILE)
+    return _checked_pickle(found, allow_pickle)
+
+
+def resolve_ip_adapter(source: str, *, allow_pickle: bool = False) -> AdapterFile:
+    """Where IP-Adapter `source` is on this machine (as `resolve_lora`; a Hub file such as
+    `h94/IP-Adapter/models/ip-adapter_sd15.safetensors` brings the `image_encoder/` folder beside it).
+
+    Example:
+        >>> resolve_ip_adapter("tiny/sd15-ip-adapter").weight_name
+        'ip_adapter.safetensors'
+    """
+    found = _resolve("ip_adapter", source, preferred=IP_ADAPTER_FILE)
+    return _checked_pickle(found, allow_pickle)
+
+
+def _checked_pickle(found: AdapterFile, allow_pickle: bool) -> AdapterFile:
+    if found.pickle and not allow_pickle:
+        raise ValidationError(
+            f"`{found.kind}` {found.source!r} is a pickle file ({found.weight_name}), which can run code when "
+            f"loaded; use its .safetensors version, or set the option allow_pickle: true if you trust it"
+        )
+    return found
+
+
+def _resolve(kind: str, source: str, *, preferred: str) -> AdapterFile:
+    if not isinstance(source, str) or not source.strip():
+        raise ValidationError(f"`{kind}` must be a non-empty source string, got {source!r}")
+    if is_tiny(source):
+        names = [n for n in TINY_MODELS if n.endswith("-lora" if kind == "lora" else "-ip-adapter")]
+        if source not in names:
+            raise ValidationError(f"`{kind}` {source!r} is not an embedded tiny {kind.replace('_', '-')}; "
+                                  f"the tiny ones are {names}{suggest(source, names)}")
+        return _in_folder(kind, source, tiny_model_path(source), preferred)
+    local = Path(source).expanduser()
+    if local.is_file():
+        return AdapterFile(source, local.parent, local.name, kind)
+    if local.is_dir():
+        return _in_folder(kind, source, local, preferred)
+    if looks_like_hub_id(source):
+        return _in_folder(kind, source, _hub_snapshot(kind, source), preferred)
+    repo, _, filename = source.partition("/")[2].partition("/")
+    repo = source.split("/")[0] + "/" + repo
+    if looks_like_hub_id(repo) and filename and Path(filename).suffix.lower() in WEIGHT_SUFFIXES \
+            and not source.startswith((".", "/", "~")):
+        path = _hub_file(kind, source, repo, filename)
+        return AdapterFile(source, path.parent, path.name, kind)
+    raise ValidationError(
+        f"`{kind}` {source!r} is neither a file nor a folder here, nor a Hub repo (owner/name) or a file in one "
+        f"(owner/name/file.safetensors)"
+    )
+
+
+def _in_folder(kind: str, source: str, folder: Path, preferred: str) -> AdapterFile:
+    """The weights file of a folder: `preferred`, else its one weights file."""
+    if (folder / preferred).is_file():
+        return AdapterFile(source, folder, preferred, kind)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+    safe = [f for f in files if f.endswith(".safetensors")]
+    if len(safe) == 1 or (not safe and len(files) == 1):
+        return AdapterFile(source, folder, (safe or files)[0], kind)
+    if not files:
+        raise ValidationError(f"`{kind}` {source!r} holds no weights file ({', '.join(WEIGHT_SUFFIXES)})")
+    raise ValidationError(f"`{kind}` {source!r} holds several weights files {files}; name one: "
+                          f"{source.rstrip('/')}/{(safe or files)[0]}")
+
+
+def _hub_snapshot(kind: str, repo: str) -> Path:
+    """A Hub repo's weights files in the local cache (downloaded when the hub answers)."""
+    from huggingface_hub import snapshot_download
+
+    reason = hub_unreachable_reason()
+    try:
+        return Path(snapshot_download(repo, allow_patterns=["*.safetensors", "*.bin", "*.json"],
+                                      local_files_only=reason is not None))
+    except Exception as exc:  # noqa: BLE001 - not cached offline, no such repo, gated: one line
+        why = f"it is not in the local Hugging Face cache and {reason}" if reason else f"{type(exc).__name__}: {exc}"
+        raise ValidationError(f"`{kind}` {repo!r} could not be fetched: {str(why).splitlines()[0][:200]}") from None
+
+
+def _hub_file(kind: str, source: str, repo: str, filename: str) -> Path:
+    """One file of a Hub repo in the local cache; an IP-Adapter's image encoder beside it comes too."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    reason = hub_unreachable_reason()
+    offline = reason is not None
+    try:
+        path = Path(hf_hub_download(repo, filename, local_files_only=offline))
+        if kind == "ip_adapter":
+            encoder = f"{Path(filename).parent.as_posix()}/{IMAGE_ENCODER}/*".lstrip("./")
+            snapshot_download(repo, allow_patterns=[encoder], local_files_only=offline)
+    except Exception as exc:  # noqa: BLE001
+        why = f"it is not in the local Hugging Face cache and {reason}" if offline else f"{type(exc).__name__}: {exc}"
+        raise ValidationError(f"`{kind}` {source!r} could not be fetched: {str(why).splitlines()[0][:200]}") from None
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# which pipelines take which adapter
+
+
+def support_problem(pipeline_class, kind: str) -> str | None:
+    """Why a pipeline class can't take adapter `kind` ("lora", "ip_adapter"), or None.
+
+    Example:
+        >>> support_problem("StableDiffusionUpscalePipeline", "ip_adapter")
+        "StableDiffusionUpscalePipeline has no load_ip_adapter in diffusers ..."
+    """
+    if isinstance(pipeline_class, str):
+        import diffusers
+
+        pipeline_class = getattr(diffusers, pipeline_class, None)
+        if pipeline_class is None:
+            return None  # a class this diffusers doesn't export: the load says so
+    method = "load_lora_weights" if kind == "lora" else "load_ip_adapter"
+    if hasattr(pipeline_class, method):
+        return None
+    return f"{pipeline_class.__name__} has no {method} in diffusers: its family takes no {kind.replace('_', '-')}"
+
+
+def check_support(calls: dict) -> None:
+    """Before any cell runs: every model whose cells use a LoRA or an IP-Adapter takes them.
+
+    Args:
+        calls: model -> (pipeline class or its name, [cells]) (`cells.Cell`s).
+    """
+    for model, (cls, cells) in calls.items():
+        for kind in ("lora", "ip_adapter"):
+            used = [c for c in cells if getattr(c, kind) is not None]
+            if not used:
+                continue
+            problem = support_problem(cls, kind)
+            if problem is not None:
+                first = getattr(used[0], kind)
+                shown = first if isinstance(first, str) else " + ".join(s for s, _ in first)
+                raise ValidationError(f"`{kind}` {shown!r} can't be used with model {model!r}: {problem}; "
+                                      f"drop `{kind}` for this model or sweep it on a model that takes one")
+
+
+# --------------------------------------------------------------------------------------------
+# switching on one pipeline
+
+
+def adapter_name(source: str) -> str:
+    """The adapter name a LoRA gets in the pipeline: stable per source, a valid module key."""
+    return "lora_" + hashlib.sha1(source.encode()).hexdigest()[:10]
+
+
+class AdapterSwitch:
+    """The adapters of one pipeline during a sweep: what is loaded, and how often it was.
+
+    `use(cell)` puts a cell's LoRAs and IP-Adapter in place: LoRAs not loaded yet are loaded (each
+    once: `load_lora_weights(folder, weight_name=..., adapter_name=...)`), then `set_adapters` with
+    the cell's weights, or `disable_lora` for the base model; an IP-Adapter is loaded when it
+    differs from the one in place and its scale set. `release()` unloads what was loaded, so the
+    (cached) pipeline is the base model again. `loads` counts each kind of load for the plan.
+    """
+
+    def __init__(self, pipe, model: str, *, allow_pickle: bool = False):
+        self.pipe, self.model, self.allow_pickle = pipe, model, allow_pickle
+        self.loras: dict[str, AdapterFile] = {}  # source -> its file, loaded into pipe
+        self.ip_adapter: AdapterFile | None = None
+        self.state = None  # what `use` set last: (lora weights, ip adapter, ip scale)
+        self.loads: Counter = Counter()
+
+    def use(self, cell) -> dict:
+        """Put `cell`'s adapters in place; returns the row fields saying which files they were."""
+        row = {}
+        weights = cell.lora_weights
+        ip = (cell.ip_adapter, 1.0 if cell.ip_adapter_scale is None else float(cell.ip_adapter_scale))
+        state = (tuple(weights.items()), ip)
+        for source in weights:
+            if source not in self.loras:
+                self._load_lora(source)
+        if weights:
+            row["lora_sha256"] = " + ".join(self.loras[s].short_hash for s in weights)
+        if cell.ip_adapter is not None:
+            if self.ip_adapter is None or self.ip_adapter.source != cell.ip_adapter:
+                self._load_ip_adapter(cell.ip_adapter)
+            row["ip_adapter_sha256"] = self.ip_adapter.short_hash
+        if state != self.state:
+            self._set(weights, ip)
+            self.state = state
+        return row
+
+    def _load_lora(self, source: str) -> None:
+        found = resolve_lora(source, allow_pickle=self.allow_pickle)
+        with quiet_adapters():
+            self.pipe.load_lora_weights(str(found.folder), weight_name=found.weight_name,
+                                        adapter_name=adapter_name(source))
+        self.loras[source] = found
+        self.loads["lora"] += 1
+        self.state = None  # loading activates the new adapter: set the weights again
+
+    def _load_ip_adapter(self, source: str) -> None:
+        found = resolve_ip_adapter(source, allow_pickle=self.allow_pickle)
+        if self.ip_adapter is not None:
+            self.pipe.unload_ip_adapter()
+        params = inspect.signature(self.pipe.load_ip_adapter).parameters
+        encoder = found.folder / IMAGE_ENCODER
+        has_own = getattr(self.pipe, "image_encoder", None) is not None
+        if not encoder.is_dir() and not has_own:
+            raise ValidationError(f"`ip_adapter` {source!r} has no {IMAGE_ENCODER}/ folder beside {found.weight_name} "
+                                  f"(in {found.folder}) and model {self.model!r} has no image encoder of its own")
+        with quiet_adapters():
+            if "image_encoder_folder" in params:  # SD 1.x / SDXL style
+                self.pipe.load_ip_adapter(str(found.folder), subfolder="", weight_name=found.weight_name,
+                                          image_encoder_folder=IMAGE_ENCODER if encoder.is_dir() else None)
+            else:  # FLUX / SD3 style: the image encoder by its own path
+                extra = {"image_encoder_pretrained_model_name_or_path": str(encoder)} if encoder.is_dir() else {}
+                self.pipe.load_ip_adapter(str(found.folder), weight_name=found.weight_name, **extra)
+        self.ip_adapter = found
+        self.loads["ip_adapter"] += 1
+        self.state = None
+
+    def _set(self, weights: dict, ip) -> None:
+        from . import batched  # imports torch; its cached prompt embeddings depend on text-encoder LoRAs
+
+        if self.loras:
+            if weights:
+                self.pipe.enable_lora()
+                self.pipe.set_adapters([adapter_name(s) for s in weights], list(weights.values()))
+            else:
+                self.pipe.disable_lora()  # the base model: the LoRA layers pass their input through
+        if ip[0] is not None:
+            self.pipe.set_ip_adapter_scale(ip[1])
+        batched.clear_prompt_cache()
+
+    def release(self) -> None:
+        """Unload everything this switch loaded: the pipeline is the base model again."""
+        from . import batched
+
+        if self.loras:
+            self.pipe.unload_lora_weights()
+            self.loras.clear()
+        if self.ip_adapter is not None:
+            self.pipe.unload_ip_adapter()
+            self.ip_adapter = None
+        self.state = None
+        batched.clear_prompt_cache()
+
+
+def lora_sources(cells) -> list[str]:
+    """The distinct LoRA sources of some cells, in first-use order."""
+    out = []
+    for cell in cells:
+        for source, _ in cell.lora or ():
+            if source not in out:
+                out.append(source)
+    return out
+
