@@ -30,6 +30,22 @@ How each folder loads (all in float32 on CPU in about a second per image-to-imag
       pipe = StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
           tiny_model_path("tiny/sd15"), controlnet=controlnet)
 
+- ``tiny/sd15-lora``, ``tiny/sdxl-lora``, ``tiny/flux-lora``: a LoRA for ``tiny/sd15`` (UNet and
+  text encoder), ``tiny/sdxl`` (UNet and both text encoders) or ``tiny/flux`` (transformer), one
+  ``pytorch_lora_weights.safetensors`` written by the pipeline class's ``save_lora_weights``::
+
+      pipe.load_lora_weights(tiny_model_path("tiny/sd15-lora"), adapter_name="sd15_lora")
+      pipe.set_adapters(["sd15_lora"], [0.8])
+
+- ``tiny/sd15-ip-adapter``, ``tiny/sdxl-ip-adapter``: an IP-Adapter for ``tiny/sd15`` or
+  ``tiny/sdxl``, ``ip_adapter.safetensors`` with its CLIP image encoder in ``image_encoder/``
+  (diffusers makes the image processor when the pipeline has none)::
+
+      pipe.load_ip_adapter(tiny_model_path("tiny/sd15-ip-adapter"), subfolder="",
+                           weight_name="ip_adapter.safetensors", image_encoder_folder="image_encoder")
+      pipe.set_ip_adapter_scale(0.6)
+      pipe(..., ip_adapter_image=picture)
+
 - ``tiny/sd-x2-latent-upscaler`` (``StableDiffusionLatentUpscalePipeline``, shares the VAE of
   ``tiny/sd15`` so an sd15 ``output_type="latent"`` result can feed it) and
   ``tiny/sd-x4-upscaler`` (``StableDiffusionUpscalePipeline``): ``DiffusionPipeline.from_pretrained``.

@@ -34,6 +34,11 @@ from img2img_lab.vocab import DEFAULT_OPTIONS
 
 FAMILY_DIR = Path(families.__file__).parent
 BATCHING_PIECES = [name for name, _ in inspect.getmembers(StepBatching, inspect.isfunction) if not name.startswith("_")]
+# the twins that are pipelines; the others are models or adapters loaded with a pipeline: the
+# ControlNets (tested below and in their families' tests), the LoRAs and IP-Adapters
+# (tests/test_tiny_adapters.py)
+PIPELINE_TWINS = [n for n in TINY_MODELS if not n.startswith(("tiny/controlnet-", "tiny/controlnet_"))
+                  and not n.endswith(("-lora", "-ip-adapter"))]
 
 
 def _weights(folder: Path) -> tuple:
@@ -96,7 +101,8 @@ def test_every_family_has_the_interface_parts(family):
 
 
 def test_registry_lookups():
-    assert TINY_MODELS == tiny_models() and list(TINY_MODELS)[:2] == ["tiny/sd15", "tiny/sdxl"]
+    assert TINY_MODELS == tiny_models() and PIPELINE_TWINS[:2] == ["tiny/sd15", "tiny/sdxl"]
+    assert list(TINY_MODELS)[:3] == ["tiny/sd15", "tiny/sd15-lora", "tiny/sd15-ip-adapter"]  # a family's in order
     assert family_of_class("StableDiffusionXLImg2ImgPipeline").key == "sdxl"
     assert family_of_class("StableDiffusionXLControlNetUnionImg2ImgPipeline").key == "controlnet"  # detect: any ControlNet
     assert family_of_class("FluxControlNetImg2ImgPipeline").key == "flux"  # ... but FLUX.1's own, registered before
@@ -136,9 +142,7 @@ def test_each_family_builds_its_tiny_twins_as_the_cache_holds_them(tmp_path):
             assert (files, weights) == _weights(tiny_model_path(model.name)), model.name
 
 
-# the pipelines (the ControlNet twins are single models: they load with a pipeline, tested below and
-# in their families' tests)
-@pytest.mark.parametrize("name", [n for n in TINY_MODELS if not n.startswith(("tiny/controlnet-", "tiny/controlnet_"))])
+@pytest.mark.parametrize("name", PIPELINE_TWINS)
 def test_each_tiny_pipeline_loads_as_its_family(name):
     try:
         pipe = lab.load_pipeline(name)

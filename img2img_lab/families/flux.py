@@ -11,10 +11,11 @@ latents are packed 2x2 into tokens, a flow-matching transformer):
 - `FluxControlNetImg2ImgPipeline`: FLUX.1 with `controlnet=<FluxControlNetModel>`.
 
 Their tiny twins are `tiny/flux`, `tiny/flux-kontext` (the same parts as a Kontext folder),
-`tiny/flux-control` (its doubled-input transformer) and `tiny/controlnet-flux` (a
-`FluxControlNetModel` folder for `tiny/flux`). No single files: a real FLUX `.safetensors`
-holds only the transformer, and diffusers' FLUX converter reads only the 12B layout (its
-`inner_dim` is fixed at 3072), so no tiny one can exist to test a loader with.
+`tiny/flux-control` (its doubled-input transformer), `tiny/controlnet-flux` (a
+`FluxControlNetModel` folder for `tiny/flux`) and `tiny/flux-lora` (a LoRA for `tiny/flux`'s
+transformer). No single files: a real FLUX `.safetensors` holds only the transformer, and
+diffusers' FLUX converter reads only the 12B layout (its `inner_dim` is fixed at 3072), so no tiny
+one can exist to test a loader with.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CANNY_GUIDANCE = 30.0
 
 
 # --------------------------------------------------------------------------------------------
-# the tiny twins: tiny/flux, tiny/flux-kontext, tiny/flux-control, tiny/controlnet-flux
+# the tiny twins: tiny/flux, tiny/flux-kontext, tiny/flux-control, tiny/controlnet-flux, tiny/flux-lora
 
 LATENT_CHANNELS = 16  # FLUX's VAE; packed 2x2 into 64-channel tokens
 # One transformer layout, shared by every twin and the ControlNet so they stay compatible.
@@ -140,6 +141,23 @@ def build_controlnet_flux(folder: Path) -> None:
     parts.save(controlnet, folder)
 
 
+# tiny/flux-lora targets the attention projections of both streams (the single blocks' have no
+# to_out: their output is proj_out). Its `up` matrices times 4: tiny/flux's 64 px picture hardly
+# depends on its transformer (another prompt changes it by a mean 0.006 of 1, peft's random LoRA
+# by 0.016), times 4 by 0.049
+FLUX_LORA_TARGETS = (*parts.ATTENTION_LORA_TARGETS, "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+FLUX_LORA_UP_SCALE = 4.0
+
+
+def build_flux_lora(folder: Path) -> None:
+    """tiny/flux-lora: a LoRA for tiny/flux's transformer, one `pytorch_lora_weights.safetensors`
+    as diffusers' trainers save it."""
+    from diffusers import FluxPipeline
+
+    layers = parts.lora_layers(transformer(), FLUX_LORA_TARGETS, up_scale=FLUX_LORA_UP_SCALE)
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=layers)
+
+
 # --------------------------------------------------------------------------------------------
 # the family
 
@@ -166,6 +184,8 @@ class Flux(Family):
                   call={"max_sequence_length": MAX_SEQUENCE_LENGTH}),
         TinyModel("tiny/controlnet-flux", "random-weight smoke FluxControlNetModel for tiny/flux "
                                           "(pictures are noise, code paths real)", build_controlnet_flux),
+        TinyModel("tiny/flux-lora", "random-weight smoke LoRA for tiny/flux, its transformer "
+                                    "(pictures are noise, code paths real)", build_flux_lora),
     )
     call_pipelines = {
         IMG2IMG: "pipelines/flux/pipeline_flux_img2img.py",

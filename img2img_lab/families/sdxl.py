@@ -1,6 +1,7 @@
 """SDXL base and refiner: `StableDiffusionXLImg2ImgPipeline` (two text encoders, or the second only).
 
-Tiny twins `tiny/sdxl` (base) and `tiny/sdxl-refiner` (aesthetic-score conditioning); the
+Tiny twins `tiny/sdxl` (base) and `tiny/sdxl-refiner` (aesthetic-score conditioning), and the base's
+adapters `tiny/sdxl-lora` (a LoRA) and `tiny/sdxl-ip-adapter` (an IP-Adapter and its image encoder); the
 single-file layouts diffusers calls "xl*" and "playground*". No per-step batching pieces yet: the
 UNet's added conditioning (pooled text embeddings, time ids) is not batched by `batched.py`.
 """
@@ -91,6 +92,27 @@ def build_sdxl_refiner(folder: Path) -> None:
     parts.save(pipe, folder)
 
 
+def build_sdxl_lora(folder: Path) -> None:
+    """tiny/sdxl-lora: a LoRA for tiny/sdxl (the UNet's and both text encoders' attention
+    projections), one `pytorch_lora_weights.safetensors` as diffusers' trainers save it. peft's
+    random matrices as they are: they change tiny/sdxl's picture clearly."""
+    from diffusers import StableDiffusionXLPipeline
+
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=parts.lora_layers(unet(text_hidden=2 * parts.TEXT_HIDDEN, num_time_ids=6),
+                                           parts.ATTENTION_LORA_TARGETS),
+        text_encoder_lora_layers=parts.lora_layers(parts.text_encoder(), parts.CLIP_LORA_TARGETS),
+        text_encoder_2_lora_layers=parts.lora_layers(parts.text_encoder_with_projection(), parts.CLIP_LORA_TARGETS),
+    )
+
+
+def build_sdxl_ip_adapter(folder: Path) -> None:
+    """tiny/sdxl-ip-adapter: an IP-Adapter for tiny/sdxl (`ip_adapter.safetensors`, its CLIP image
+    encoder in `image_encoder/`), as h94/IP-Adapter's `sdxl_models/` folder holds one."""
+    parts.save_ip_adapter(unet(text_hidden=2 * parts.TEXT_HIDDEN, num_time_ids=6), folder)
+
+
 class StableDiffusionXL(Family):
     key = "sdxl"
     title = "SDXL pipeline"
@@ -101,6 +123,10 @@ class StableDiffusionXL(Family):
                                "(pictures are noise, code paths real)", build_sdxl),
         TinyModel("tiny/sdxl-refiner", "random-weight smoke model, SDXL refiner layout with aesthetic score "
                                        "(pictures are noise, code paths real)", build_sdxl_refiner),
+        TinyModel("tiny/sdxl-lora", "random-weight smoke LoRA for tiny/sdxl, UNet and both text "
+                                    "encoders (pictures are noise, code paths real)", build_sdxl_lora),
+        TinyModel("tiny/sdxl-ip-adapter", "random-weight smoke IP-Adapter for tiny/sdxl, with its image "
+                                          "encoder (pictures are noise, code paths real)", build_sdxl_ip_adapter),
     )
     call_pipelines = {IMG2IMG: "pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl_img2img.py",
                       PAG_IMG2IMG: "pipelines/pag/pipeline_pag_sd_xl_img2img.py"}

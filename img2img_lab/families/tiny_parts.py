@@ -1,5 +1,6 @@
 """The parts every tiny twin is built from: seeded construction, a byte-level CLIP tokenizer, tiny
-CLIP text encoders, a tiny AutoencoderKL, the SD training schedule, and saving.
+CLIP text encoders, a tiny AutoencoderKL, the SD training schedule, saving, and the parts of the
+adapter twins (seeded LoRA layers, an IP-Adapter and its CLIP image encoder).
 
 Each part seeds torch itself (`seeded`), so a component's weights depend only on its own code:
 two families that build "the same" part (tiny/sd15's VAE and the x2 latent upscaler's) get the
@@ -213,3 +214,93 @@ def qwen2_tokenizer(extra_special: tuple = ()):
         tok.add_special_tokens({"additional_special_tokens": [t for t in QWEN_SPECIAL + tuple(extra_special)
                                                               if t != "<|endoftext|>"]})
         return tok
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters: the tiny LoRAs and IP-Adapters, made for a twin's UNet, transformer and text encoders
+
+LORA_RANK = 4
+# What diffusers' LoRA trainers target: a UNet's (and FLUX's image stream's) attention
+# projections, and CLIP's
+ATTENTION_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+IP_ADAPTER_WEIGHTS = "ip_adapter.safetensors"
+IMAGE_ENCODER_FOLDER = "image_encoder"  # beside the weights, where `load_ip_adapter` looks by default
+IP_IMAGE_TOKENS = 4  # the original IP-Adapter's: one image embedding -> 4 extra context tokens
+
+
+def lora_layers(model, target_modules, up_scale: float = 1.0) -> dict:
+    """A seeded rank-4 LoRA (alpha 4) on `model`'s `target_modules`, in peft's layout (the state
+    dict the pipelines' `save_lora_weights` takes).
+
+    peft's `init_lora_weights=False` draws both matrices at random (a trained LoRA's `up` matrix is
+    not zero either), so the LoRA changes the picture at once; `up_scale` multiplies the `up`
+    (lora_B) matrices where a twin's pictures need a stronger change to show. `model` gets the
+    LoRA layers injected: pass one built for the purpose.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights=False,
+                        target_modules=list(target_modules))
+    torch.manual_seed(SEED)
+    layers = get_peft_model_state_dict(inject_adapter_in_model(config, model))
+    return {k: v * up_scale if k.endswith(".lora_B.weight") else v for k, v in layers.items()}
+
+
+def image_encoder():
+    """A seeded tiny `CLIPVisionModelWithProjection`, an IP-Adapter's image encoder: 32 px pictures
+    in 8 px patches, image embeddings of 16 (`projection_dim`), a width unlike either tiny UNet's
+    cross-attention (as ViT-H's 1024 is unlike SD 1.5's 768)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=TEXT_HIDDEN, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=16, hidden_act="quick_gelu",
+                              layer_norm_eps=1e-5)
+    return seeded(CLIPVisionModelWithProjection, config)
+
+
+def ip_adapter_weights(unet, image_embed_dim: int) -> dict:
+    """A seeded IP-Adapter for `unet`, in the original IP-Adapter's layout that diffusers'
+    `load_ip_adapter` reads from one `.safetensors`:
+
+    - `image_proj.proj.*`, `image_proj.norm.*`: an `ImageProjection` (image embedding of
+      `image_embed_dim` -> 4 tokens of the UNet's cross-attention width);
+    - `ip_adapter.<n>.to_k_ip.weight`, `ip_adapter.<n>.to_v_ip.weight`: the image tokens' key and
+      value projections of each cross-attention, numbered 1, 3, 5, ... in `unet.attn_processors`
+      order (each self-attention before it takes the even number), as diffusers counts them.
+
+    Both parts keep their modules' own (seeded) initialisation, which changes the picture clearly.
+    """
+    import torch
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor
+    from diffusers.models.embeddings import ImageProjection
+
+    torch.manual_seed(SEED)
+    projection = ImageProjection(cross_attention_dim=unet.config.cross_attention_dim,
+                                 image_embed_dim=image_embed_dim, num_image_text_embeds=IP_IMAGE_TOKENS).state_dict()
+    weights = {"image_proj.proj.weight": projection["image_embeds.weight"],
+               "image_proj.proj.bias": projection["image_embeds.bias"],
+               "image_proj.norm.weight": projection["norm.weight"],
+               "image_proj.norm.bias": projection["norm.bias"]}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):  # self-attention: no image tokens
+            continue
+        to_k = unet.get_submodule(name.removesuffix(".processor")).to_k
+        processor = IPAdapterAttnProcessor(hidden_size=to_k.out_features, cross_attention_dim=to_k.in_features,
+                                           num_tokens=IP_IMAGE_TOKENS).state_dict()
+        weights[f"ip_adapter.{key_id}.to_k_ip.weight"] = processor["to_k_ip.0.weight"]
+        weights[f"ip_adapter.{key_id}.to_v_ip.weight"] = processor["to_v_ip.0.weight"]
+        key_id += 2
+    return weights
+
+
+def save_ip_adapter(unet, folder: Path) -> None:
+    """An IP-Adapter folder for `unet`: `ip_adapter.safetensors` and its `image_encoder/`."""
+    from safetensors.torch import save_file
+
+    encoder = image_encoder()
+    save(encoder, Path(folder) / IMAGE_ENCODER_FOLDER)
+    save_file(ip_adapter_weights(unet, encoder.config.projection_dim), Path(folder) / IP_ADAPTER_WEIGHTS,
+              metadata={"format": "pt"})
