@@ -64,6 +64,8 @@ _EXPORTS = {
     # seeing results
     "plot_grid": "grid",
     "grid_image": "grid",
+    "save_grid": "grid",
+    "open_grid": "grid",
     "explore": "widgets",
     "code_snippet": "widgets",
     "export_html": "htmlexport",

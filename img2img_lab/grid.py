@@ -6,16 +6,26 @@ the left, one panel per `z` value, the init image beside the grid as reference, 
 placeholder saying why where a cell has no usable image (the stored error, NaN output, not run).
 Values that are URLs, paths or hub ids are labelled by their last path part (more of the path
 when that is needed to tell two values apart), or by the labels the caller gives.
+
+Limits: a `grid_image` past `MAX_MEGAPIXELS` (200 MP, AUTOMATIC1111's X/Y/Z plot default) or
+`MAX_SIDE` px a side, and a `plot_grid` of more than `MAX_CELLS` cells, are refused before
+anything is drawn, saying what fits (a smaller cell, ``where=``, ``split_by=``). ``split_by=``
+makes one grid per value of a swept column (`SplitGrids`); `save_grid` writes them, one PNG per
+value, and `open_grid` reads a grid back past PIL's decompression-bomb limit (about 89 MP with a
+warning, 179 MP refused) without changing that limit for anything else.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import math
 import numbers
 import re
 import textwrap
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .errors import ValidationError
 from .result import parameter_columns
+from .store import read_png, write_png
 from .values import LABEL_CHARS, format_value, is_null, norm_value
 from .vocab import ERROR, FAILED_STATUSES, OK
 
@@ -30,7 +41,12 @@ BACKGROUND = (255, 255, 255)
 PLACEHOLDER_FILL = (200, 200, 200)
 PLACEHOLDER_CROSS = (140, 140, 140)
 PLACEHOLDER_TEXT = (170, 0, 0)
-MAX_SIDE = 16384  # px; larger images break most viewers and many encoders
+MAX_SIDE = 16384  # px a side of a `grid_image`; larger images break most viewers and many encoders
+# MP (millions of pixels) of one `grid_image` in all: AUTOMATIC1111's X/Y/Z plot's default limit
+# ("img_max_size_mp"). PIL's own guard is lower (a warning past ~89 MP, an error past ~179 MP when
+# opening a file), so a grid this package wrote is read back with `open_grid`.
+MAX_MEGAPIXELS = 200
+MAX_CELLS = 1000  # cells of one `plot_grid` figure: past this each would show as a stamp of a few px
 MIN_CELL = 256  # px on screen: the least a cell of `plot_grid` shows at (tiny models make 64 px images)
 MIN_PANEL_CELL = 128  # px: z panels go on more rows before their cells get smaller than this
 
@@ -285,6 +301,8 @@ def grid_layout(result, x: str, y: str, z: str | None = None, where=None, *, cal
             hint = f"pick one with `where={{{first!r}: {None if is_null(value) else value!r}}}`"
             if z is None:
                 hint += f" or make it a panel axis with `z={first!r}`"
+            if caller in ("plot_grid", "grid_image"):
+                hint += f" or make one grid per value with `split_by={first!r}`"
             raise ValidationError(
                 f"`{caller}`: several rows fall in one ({', '.join(axis_columns)}) cell because "
                 f"{varying} also vary ({examples}); {hint}"
@@ -433,13 +451,136 @@ def _default_title(layout: GridLayout) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# one grid per value of a column (split_by), and the limits on one grid
+
+
+class SplitGrids(dict):
+    """One grid per value of a swept column, as ``split_by=`` gives them: ``{value: grid}``.
+
+    The values come in the axis's order (numbers sorted, anything else in order of first
+    appearance, as `axis_values`); each grid is a `plot_grid` figure or a `grid_image` image,
+    titled ``axis=value`` under the grid's own title. ``axis`` names the column and ``labels``
+    maps each value to the text of its title (``"seed=0"``). In Jupyter the grids show one
+    below the other; `save_grid` writes one PNG per value.
+
+    Example:
+        >>> grids = lab.grid_image(result, z="negative_prompt", split_by="seed")
+        >>> grids.axis, list(grids)
+        ('seed', [0, 1])
+    """
+
+    def __init__(self, axis: str, grids, labels: dict):
+        super().__init__(grids)
+        self.axis = axis
+        self.labels = dict(labels)
+
+    def _repr_html_(self) -> str:
+        images = []
+        for grid in self.values():
+            png = grid._repr_png_()  # a LabFigure's, or PIL's
+            if png:
+                data = base64.b64encode(png).decode("ascii")
+                images.append(f"<div><img src='data:image/png;base64,{data}' alt='grid'></div>")
+        return "".join(images)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """The rows of one grid: all of them (``title`` None), or those of one ``split_by`` value."""
+
+    value: object
+    title: str | None  # "axis=value" for one grid of a split
+    where: object  # as `filter_rows` takes it
+
+
+def _split_parts(result, split_by, where, maps: dict) -> list[_Part]:
+    """One part per grid: the rows ``where`` selects, or one part per value of ``split_by`` among
+    them. Raises `ValidationError` for a ``split_by`` that is not a swept column."""
+    if split_by is None:
+        return [_Part(None, None, where)]
+    df = result.df
+    swept = list(result.swept) if hasattr(result, "swept") else []
+    if not isinstance(split_by, str) or split_by not in df.columns:
+        raise ValidationError(
+            f"`split_by` must be a swept column of the sweep, got {split_by!r}; swept columns: {swept}"
+        )
+    if split_by not in swept:
+        raise ValidationError(
+            f"`split_by` must be a swept column of the sweep, got {split_by!r}, which takes one value "
+            f"in it; swept columns: {swept}"
+        )
+    rows = filter_rows(df, where)
+    if rows.empty:
+        return [_Part(None, None, where)]  # grid_layout says what `where` selected
+    values = axis_values(rows[split_by])
+    names = value_labels(split_by, values, maps.get(split_by))
+    normed = rows[split_by].map(norm_value)
+    parts = []
+    for value, name in zip(values, names):
+        keep = rows.index[(normed == norm_value(value)).to_numpy()]
+        parts.append(_Part(value, f"{split_by}={name}", lambda d, keep=keep: d.loc[d.index.isin(keep)]))
+    return parts
+
+
+def _part_title(title: str, part: _Part) -> str:
+    """The grid's title, and under it the ``axis=value`` of its part of a split."""
+    return "\n".join(t for t in (title, part.title) if t)
+
+
+def _one_value_grids(layout: GridLayout):
+    """For each of the grid's z, y and x axes with several values: (axis, how many grids a
+    ``split_by`` of it makes, the layout of one of them)."""
+    for axis, field in ((layout.z, "z_values"), (layout.y, "y_values"), (layout.x, "x_values")):
+        values = getattr(layout, field)
+        if axis is not None and len(values) > 1:
+            yield axis, len(values), dataclasses.replace(layout, **{field: values[:1]})
+
+
+def _check_count(name: str, value, least: int, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        none = "None or " if allow_none else ""
+        raise ValidationError(f"`{name}` must be {none}an int of at least {least}, got {value!r}")
+
+
+def _check_cells(caller: str, layout: GridLayout, part: _Part, max_cells: int | None) -> None:
+    """Refuse a grid of more than ``max_cells`` cells, naming the count and a ``split_by=`` of
+    one of its axes that makes grids under the limit."""
+    nz, ny, nx = layout.shape
+    cells = nz * ny * nx
+    if max_cells is None or cells <= max_cells:
+        return
+    shape = f"{nz} panels of {ny} x {nx}" if layout.z else f"{ny} x {nx}"
+    hints = ["select fewer with `where=`"]
+    for axis, count, one in (_one_value_grids(layout) if part.title is None else ()):
+        per_grid = math.prod(one.shape)
+        if per_grid <= max_cells:
+            hints.append(f"make one grid per value with `split_by={axis!r}` ({count} grids of {per_grid:,} cells)")
+            break
+    hints.append("raise `max_cells`")
+    of = f" for {part.title}" if part.title else ""
+    raise ValidationError(
+        f"`{caller}`{of} would draw {cells:,} cells ({shape}), more than `max_cells`={max_cells:,}; "
+        + ", or ".join(hints)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # matplotlib
 
 
-def _axis_names(result, layout: GridLayout, labels, ellipsis: str = "…") -> tuple[dict, list, list, list]:
+def _label_maps(result, labels, x: str, y: str, z: str | None, split_by: str | None = None) -> dict:
+    """``labels`` checked against the grid's axes (and `image`, and the ``split_by`` column)."""
+    columns = [c for c in (x, y, z, split_by) if isinstance(c, str)]
+    columns += ["image"] if "image" in result.df.columns else []
+    return label_maps(result.df, labels, list(dict.fromkeys(columns)))
+
+
+def _axis_names(result, layout: GridLayout, labels, ellipsis: str = "…",
+                split_by: str | None = None) -> tuple[dict, list, list, list]:
     """The checked ``labels`` maps and the x, y and z value labels of a grid."""
-    columns = [c for c in (layout.x, layout.y, layout.z) if c] + (["image"] if "image" in result.df.columns else [])
-    maps = label_maps(result.df, labels, list(dict.fromkeys(columns)))
+    maps = _label_maps(result, labels, layout.x, layout.y, layout.z, split_by)
     x_labels, y_labels, z_labels = (
         value_labels(column, values, maps.get(column), ellipsis=ellipsis) if column else [""]
         for column, values in ((layout.x, layout.x_values), (layout.y, layout.y_values), (layout.z, layout.z_values))
@@ -489,8 +630,10 @@ def plot_grid(
     z: str | None = None,
     where=None,
     *,
+    split_by: str | None = None,
     labels: dict | None = None,
     thumb: int | None = None,
+    max_cells: int | None = MAX_CELLS,
     max_figsize: tuple[float, float] = (16.0, 12.0),
     show_init: bool = True,
     title: str | None = None,
@@ -503,7 +646,8 @@ def plot_grid(
     missing cell is grey with a cross and says why: the stored error, NaN output, "not run".
 
     Cells are shown at the images' own size and at least `MIN_CELL` (256) pixels, so one cell
-    or a small grid reads at full size; larger grids shrink to fit ``max_figsize``.
+    or a small grid reads at full size; larger grids shrink to fit ``max_figsize``. A grid of
+    more than ``max_cells`` cells is refused before anything is drawn.
 
     Args:
         result: a `SweepResult`.
@@ -512,30 +656,60 @@ def plot_grid(
         where: rows to show: a dict ``{column: value or [values]}``, a pandas query string or a
             callable on the DataFrame (see `filter_rows`). Every other swept column must end up
             with one value per cell.
+        split_by: a swept column (``"seed"``): one figure per value of it, each titled
+            ``split_by=value`` under ``title``. It may also be one of the axes (one panel, row
+            or column per figure).
         labels: labels to show instead of values: ``{column: {value: label}}``, or
             ``{value: label}`` for the values of any axis (and of `image`, naming the init
-            images). By default URLs, paths and hub ids show their last path part.
-        thumb: longest side of each cell on screen, in pixels; default the images' own size,
-            at least 256. Lowered to fit ``max_figsize``.
+            images, and of ``split_by``). By default URLs, paths and hub ids show their last
+            path part.
+        thumb: the thumbnail size: longest side of each cell on screen, in pixels (an int of at
+            least 8); default the images' own size, at least 256. Lowered to fit ``max_figsize``.
+        max_cells: most cells of one figure (every panel's, placeholders included); default
+            `MAX_CELLS` (1,000), past which each cell is a stamp of a few pixels. None: no limit.
         max_figsize: (width, height) bound of the figure in inches.
         show_init: show the init image(s) beside the grid.
         title: figure title; by default the axes and, when it is the same for all rows, the prompt.
 
     Returns:
         A `matplotlib.figure.Figure` (not attached to pyplot; in a notebook it displays itself
-        when it is the cell's last value, or save it with ``fig.savefig(...)``).
+        when it is the cell's last value, or save it with ``fig.savefig(...)``). With
+        ``split_by``: a `SplitGrids`, the dict ``{value: figure}`` in the axis's order.
 
     Example:
         >>> fig = lab.plot_grid(result, x="strength", y="guidance_scale", z="negative_prompt",
         ...                     where={"seed": 0}, labels={"negative_prompt": {None: "no negative"}})
         >>> fig.savefig("grid.png")
+        >>> figs = lab.plot_grid(result, z="negative_prompt", split_by="seed")   # {0: fig, 1: fig}
     """
+    # 1. validate; one part per figure (all rows, or those of one `split_by` value)
+    _check_plot_sizes(thumb, max_figsize)
+    _check_count("max_cells", max_cells, 1)
+    parts = _split_parts(result, split_by, where, _label_maps(result, labels, x, y, z, split_by))
+
+    # 2. place rows in cells, every figure's before any is drawn
+    layouts = []
+    for part in parts:
+        layout = grid_layout(result, x, y, z, part.where, caller="plot_grid")
+        _check_cells("plot_grid", layout, part, max_cells)
+        layouts.append(layout)
+
+    # 3. draw
+    figures = []
+    for part, layout in zip(parts, layouts):
+        grid_title = _part_title(_default_title(layout) if title is None else title, part)
+        figures.append(_plot_figure(result, layout, labels, split_by, thumb, max_figsize, show_init, grid_title))
+    if split_by is None:
+        return figures[0]
+    return SplitGrids(split_by, ((p.value, f) for p, f in zip(parts, figures)), {p.value: p.title for p in parts})
+
+
+def _plot_figure(result, layout: GridLayout, labels, split_by, thumb, max_figsize, show_init: bool, title: str):
+    """`plot_grid`'s figure of one grid, its rows placed in ``layout``."""
     from .figures import LabFigure  # matplotlib: imported on the first plot, not with the package
 
-    # 1. validate and place rows in cells; panels side by side while their cells stay readable
-    _check_plot_sizes(thumb, max_figsize)
-    layout = grid_layout(result, x, y, z, where, caller="plot_grid")
-    maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels)
+    # 1. names; panels side by side while their cells stay readable
+    maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels, split_by=split_by)
     nz, ny, nx = layout.shape
     panel_shape = _panel_shape(nz, per_row=_panels_per_row(nx, max_figsize, show_init))
     inits = layout.init_paths(maps.get("image")) if show_init else []
@@ -550,7 +724,7 @@ def plot_grid(
     fontsize = _font_size_for(cell_w, aspect, layout, panel_shape, bool(inits), max_figsize)
 
     # 3. the figure's parts: title, a reference column, one Axes per z panel with its labels
-    fig.suptitle(_default_title(layout) if title is None else title, fontsize=fontsize + 2)
+    fig.suptitle(title, fontsize=fontsize + 2)
     init_axes, main_spec = _add_init_axes(fig, inits, panel_shape[1] * nx, fontsize)
     panels = _add_panels(fig, main_spec, layout, panel_shape, (x_labels, y_labels, z_labels), fontsize)
 
@@ -739,73 +913,164 @@ def grid_image(
     z: str | None = None,
     where=None,
     *,
+    split_by: str | None = None,
     labels: dict | None = None,
     cell_size: int = 256,
-    max_pixels: int | None = None,
+    max_megapixels: float = MAX_MEGAPIXELS,
     max_side: int = MAX_SIDE,
+    max_cells: int | None = None,
     show_init: bool = True,
     title: str | None = None,
-) -> Image.Image:
+):
     """The same labelled grid as `plot_grid`, as one PIL image for saving or sharing.
 
-    The size is computed first, and a grid past ``max_side`` pixels a side or ``max_pixels`` in
-    all is refused before any image is allocated (a smaller ``cell_size`` or a ``where=`` filter
-    makes it fit).
+    The size is computed first, and a grid past ``max_megapixels`` in all or ``max_side``
+    pixels a side is refused before any image is allocated, with a `ValidationError` that gives
+    its size and what fits: a smaller ``cell_size``, fewer cells with ``where=``, or one grid
+    per value of one of its axes with ``split_by=``. Save it with `save_grid` (atomic, one file
+    per value of a split) and read it back with `open_grid`: PIL's `Image.open` refuses images
+    past ~179 MP.
 
     Args:
         result: a `SweepResult`.
         x, y, z, where, labels: as in `plot_grid`.
-        cell_size: longest side of each cell, in pixels.
-        max_pixels: limit on width x height; default PIL's ``Image.MAX_IMAGE_PIXELS``
-            (the decompression-bomb threshold, ~89 Mpx).
-        max_side: limit on either side, in pixels.
+        split_by: a swept column (``"seed"``): one image per value of it, each titled
+            ``split_by=value`` under ``title``, each within the limits. All of them are held in
+            memory; for many large ones, save each with ``where={split_by: value}`` instead.
+        cell_size: the thumbnail size: longest side of each cell's image, in pixels (an int of
+            at least 16); the labels' font grows with it.
+        max_megapixels: limit on width x height of one image, in millions of pixels; default
+            `MAX_MEGAPIXELS` (200, as AUTOMATIC1111's X/Y/Z plot).
+        max_side: limit on either side of one image, in pixels; default `MAX_SIDE` (16384).
+        max_cells: most cells of one image (every panel's, placeholders included); default None,
+            no limit beyond the pixels'.
         show_init: draw the init image(s) in a column on the left.
         title: text above the grid; by default the axes and, when shared, the prompt; "" for none.
 
-    Example:
-        >>> lab.grid_image(result, x="strength", y="guidance_scale", cell_size=192).save("grid.png")
-    """
-    # 1. validate and place rows in cells
-    if not isinstance(cell_size, int) or cell_size < 16:
-        raise ValidationError(f"`cell_size` must be an int of at least 16 pixels, got {cell_size!r}")
-    if max_pixels is None:
-        max_pixels = Image.MAX_IMAGE_PIXELS or 89_478_485
-    layout = grid_layout(result, x, y, z, where, caller="grid_image")
-    maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels, ellipsis="...")
-    nz, ny, nx = layout.shape
-    inits = layout.init_paths(maps.get("image")) if show_init else []
-    title = _default_title(layout) if title is None else title
+    Returns:
+        A `PIL.Image.Image` (RGB). With ``split_by``: a `SplitGrids`, the dict
+        ``{value: image}`` in the axis's order.
 
-    # 2. size, refused before anything is allocated
-    box = _box(_reference_size(result, layout), cell_size)
-    geo = _geometry(layout, box, len(inits), title, y_labels)
-    _check_image_size(geo.size, nz * ny * nx, cell_size, max_side, max_pixels)
+    Example:
+        >>> lab.save_grid(lab.grid_image(result, x="strength", y="guidance_scale", cell_size=192), "grid.png")
+        >>> grids = lab.grid_image(result, z="negative_prompt", split_by="seed")   # {0: image, 1: image}
+        >>> lab.save_grid(grids, "grid.png")   # grid_seed=0.png, grid_seed=1.png
+    """
+    # 1. validate; one part per image (all rows, or those of one `split_by` value)
+    _check_image_limits(cell_size, max_megapixels, max_side, max_cells)
+    parts = _split_parts(result, split_by, where, _label_maps(result, labels, x, y, z, split_by))
+
+    # 2. place rows and measure every image; one past a limit is refused before any is allocated
+    plans = [_plan_image(result, part, (x, y, z), labels, split_by, cell_size, show_init, title,
+                         (max_megapixels, max_side, max_cells)) for part in parts]
 
     # 3. draw: the title, the init images, then each panel (its labels and its cells)
+    images = [_draw_image(result, plan) for plan in plans]
+    if split_by is None:
+        return images[0]
+    return SplitGrids(split_by, ((p.value, im) for p, im in zip(parts, images)), {p.value: p.title for p in parts})
+
+
+def _check_image_limits(cell_size, max_megapixels, max_side, max_cells) -> None:
+    """`grid_image`'s sizes and limits, or a `ValidationError` naming the bad one."""
+    if not isinstance(cell_size, int) or isinstance(cell_size, bool) or cell_size < 16:
+        raise ValidationError(f"`cell_size` must be an int of at least 16 pixels, got {cell_size!r}")
+    _check_megapixels(max_megapixels)
+    _check_count("max_side", max_side, 16, allow_none=False)
+    _check_count("max_cells", max_cells, 1)
+
+
+def _check_megapixels(max_megapixels) -> None:
+    if (not isinstance(max_megapixels, numbers.Real) or isinstance(max_megapixels, bool)
+            or not math.isfinite(max_megapixels) or max_megapixels <= 0):
+        raise ValidationError(f"`max_megapixels` must be a positive number of megapixels, got {max_megapixels!r}")
+
+
+@dataclass
+class _ImagePlan:
+    """One image of `grid_image`, measured before anything is drawn."""
+
+    layout: GridLayout
+    names: tuple[list, list, list]  # the x, y and z value labels
+    inits: list
+    title: str
+    geo: _Geometry
+
+
+def _plan_image(result, part: _Part, axes, labels, split_by, cell_size: int, show_init: bool, title,
+                limits) -> _ImagePlan:
+    """Place the rows of ``part`` and measure its image; refuse it past ``limits``
+    (``(max_megapixels, max_side, max_cells)``)."""
+    max_megapixels, max_side, max_cells = limits
+    layout = grid_layout(result, *axes, part.where, caller="grid_image")
+    _check_cells("grid_image", layout, part, max_cells)
+    maps, x_labels, y_labels, z_labels = _axis_names(result, layout, labels, ellipsis="...", split_by=split_by)
+    inits = layout.init_paths(maps.get("image")) if show_init else []
+    title = _part_title(_default_title(layout) if title is None else title, part)
+    ref = _reference_size(result, layout)
+
+    def size_at(grid: GridLayout, cell: int, text: str = title) -> tuple[int, int]:
+        return _geometry(grid, _box(ref, cell), len(inits), text, y_labels).size
+
+    def fits(size: tuple[int, int]) -> bool:
+        return max(size) <= max_side and size[0] * size[1] <= max_megapixels * 1_000_000
+
+    geo = _geometry(layout, _box(ref, cell_size), len(inits), title, y_labels)
+    if not fits(geo.size):
+        # 1. what is past which limit
+        width, height = geo.size
+        past = []
+        if width * height > max_megapixels * 1_000_000:
+            past.append(f"{max_megapixels:g} MP in all (`max_megapixels`)")
+        if max(width, height) > max_side:
+            past.append(f"{max_side} px a side (`max_side`)")
+        # 2. what fits: the largest smaller cell, fewer cells, one grid per value of an axis
+        smaller = _largest_fitting(lambda cell: fits(size_at(layout, cell)), 16, cell_size - 1)
+        hints = [f"pass a smaller `cell_size` ({smaller} fits)"] if smaller else []
+        hints.append("select fewer cells with `where=`")
+        for axis, count, one in (_one_value_grids(layout) if part.title is None else ()):
+            size = size_at(one, cell_size, f"{title}\n{axis}")
+            if fits(size):
+                hints.append(f"make one grid per value with `split_by={axis!r}` "
+                             f"({count} grids of {size[0]} x {size[1]} px = {size[0] * size[1] / 1e6:.1f} MP)")
+                break
+        of = f" for {part.title}" if part.title else ""
+        raise ValidationError(
+            f"`grid_image`{of} would be {width} x {height} px = {width * height / 1e6:,.1f} MP "
+            f"({math.prod(layout.shape):,} cells at `cell_size`={cell_size}), past the limit of {' and '.join(past)}; "
+            f"to fit it, {', or '.join(hints)}"
+            + ("" if smaller else f" (no `cell_size` fits: 16 px cells make {' x '.join(map(str, size_at(layout, 16)))} px)")
+        )
+    return _ImagePlan(layout, (x_labels, y_labels, z_labels), inits, title, geo)
+
+
+def _largest_fitting(fits, low: int, high: int) -> int | None:
+    """The largest int in [low, high] for which ``fits`` holds (it holds up to some value, then
+    no more), or None."""
+    best = None
+    while low <= high:
+        mid = (low + high) // 2
+        if fits(mid):
+            best, low = mid, mid + 1
+        else:
+            high = mid - 1
+    return best
+
+
+def _draw_image(result, plan: _ImagePlan) -> Image.Image:
+    """The image of one measured grid: the title, the init images, then each panel."""
+    geo = plan.geo
     canvas = Image.new("RGB", geo.size, BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     fonts = (_font(geo.font_size), _font(round(geo.font_size * 1.15)))  # text, titles
-    top = _draw_title(draw, title, geo, fonts[1])
-    _draw_inits(canvas, draw, result, inits, geo, top, fonts[0])
-    for zi in range(nz):
-        _draw_panel(canvas, draw, result, layout, zi, geo, top, fonts, (x_labels, y_labels, z_labels))
+    top = _draw_title(draw, plan.title, geo, fonts[1])
+    _draw_inits(canvas, draw, result, plan.inits, geo, top, fonts[0])
+    for zi in range(plan.layout.shape[0]):
+        _draw_panel(canvas, draw, result, plan.layout, zi, geo, top, fonts, plan.names)
     return canvas
 
 
 _INK = (0, 0, 0)  # the text of `grid_image`
-
-
-def _check_image_size(size: tuple[int, int], n_cells: int, cell_size: int, max_side: int, max_pixels: int) -> None:
-    """Refuse a `grid_image` of ``size`` past ``max_side`` a side or ``max_pixels`` in all,
-    saying which `cell_size` would fit."""
-    width, height = size
-    if width > max_side or height > max_side or width * height > max_pixels:
-        scale = min(max_side / width, max_side / height, math.sqrt(max_pixels / (width * height)))
-        raise ValidationError(
-            f"`grid_image` would be {width} x {height} px ({n_cells} cells at `cell_size`={cell_size}), "
-            f"past the limit of {max_side} px a side and {max_pixels:,} px in all; pass a smaller "
-            f"`cell_size` (about {max(16, int(cell_size * scale * 0.95))}) or fewer cells with `where=`"
-        )
 
 
 def _draw_title(draw, title: str, geo: _Geometry, bold) -> int:
@@ -857,3 +1122,71 @@ def _draw_panel(canvas, draw, result, layout: GridLayout, zi: int, geo: _Geometr
         draw.text((cells_x - pad - font.getlength(text), y0), text, fill=_INK, font=font)
     tiles, _ = _tiles(result, layout, zi, box, geo.gutter, font=font)
     canvas.paste(_mosaic(tiles, ny, nx), (cells_x, cells_y))
+
+
+# ----------------------------------------------------------------------------------------------
+# grid files
+
+
+_FILE_PART_CHARS = 60  # a value's part of a file name is cut past this
+
+
+def _file_parts(grids: SplitGrids) -> list[str]:
+    """``<axis>=<value>`` of each grid of a split, safe in a file name on any system and distinct."""
+    names, seen = [], set()
+    for i, (value, text) in enumerate(grids.labels.items()):
+        label = text[len(grids.axis) + 1:] if text and text.startswith(f"{grids.axis}=") else format_value(value)
+        safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", label).strip("-.")[:_FILE_PART_CHARS].strip("-.") or "empty"
+        name = f"{re.sub(r'[^A-Za-z0-9._+-]+', '-', grids.axis)}={safe}"
+        if name in seen:
+            name = f"{name}-{i}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def save_grid(grids, path) -> Path | dict:
+    """Write what `grid_image` returned as PNG, atomically: one image to ``path``; one grid per
+    value of a ``split_by`` to one file each beside it, named ``<stem>_<axis>=<value>.png``
+    (``grid_seed=0.png``, ``grid_negative_prompt=ugly-deformed.png``: the value as labelled,
+    made safe for a file name).
+
+    Args:
+        grids: a `PIL.Image.Image`, or the `SplitGrids` of images `grid_image` returns with ``split_by``.
+        path: a ``.png`` file; with a split, the name the files start from.
+
+    Returns:
+        The `Path` written, or ``{value: Path}`` in the grids' order.
+
+    Example:
+        >>> lab.save_grid(lab.grid_image(result, z="negative_prompt", split_by="seed"), "runs/demo/grid.png")
+        {0: PosixPath('runs/demo/grid_seed=0.png'), 1: PosixPath('runs/demo/grid_seed=1.png')}
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValidationError(f"`path` must name a .png file, got {str(path)!r}")
+    if isinstance(grids, Image.Image):
+        return write_png(path, grids)
+    if not isinstance(grids, SplitGrids) or not all(isinstance(g, Image.Image) for g in grids.values()):
+        raise ValidationError(
+            f"`grids` must be what `grid_image` returns (a PIL image, or one per value of `split_by`), "
+            f"got {type(grids).__name__}"
+        )
+    return {value: write_png(path.with_name(f"{path.stem}_{name}{path.suffix}"), image)
+            for (value, image), name in zip(grids.items(), _file_parts(grids))}
+
+
+def open_grid(path, *, max_megapixels: float = MAX_MEGAPIXELS) -> Image.Image:
+    """A grid PNG this package wrote (`save_grid`), read whole up to ``max_megapixels``.
+
+    PIL's `Image.open` warns past ``PIL.Image.MAX_IMAGE_PIXELS`` (~89 MP) and refuses twice that
+    (`DecompressionBombError`), a guard against unknown files that a grid of up to
+    `MAX_MEGAPIXELS` (200 MP) trips. This reads it with PIL's PNG reader and ``max_megapixels``
+    as the limit instead; PIL's limit is not changed, not even for a moment, so every other
+    reader (other threads included) keeps its guard.
+
+    Example:
+        >>> grid = lab.open_grid("runs/demo/grid.png")
+    """
+    _check_megapixels(max_megapixels)
+    return read_png(path, max_pixels=int(max_megapixels * 1_000_000))

@@ -81,6 +81,50 @@ def atomic_write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = N
     _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
+def write_png(path, image: Image.Image) -> Path:
+    """Write a PIL image as a PNG atomically (a grid beside the sweep's files); returns the path."""
+    path = Path(path)
+    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return path
+
+
+def read_png(path, max_pixels: int) -> Image.Image:
+    """A PNG this package wrote, read whole when it has at most ``max_pixels`` pixels.
+
+    `PIL.Image.open` checks every image against ``PIL.Image.MAX_IMAGE_PIXELS`` (a warning past
+    ~89 MP, `DecompressionBombError` past twice that), a guard against unknown files. The
+    package's own grids may be larger (200 MP), so this opens the file with PIL's PNG reader,
+    which leaves that check to its caller, and checks the size against ``max_pixels`` itself:
+    the global limit is never changed, so every other reader keeps it.
+
+    Example:
+        >>> read_png("runs/demo/grid.png", max_pixels=200_000_000).size
+        (13000, 15000)
+    """
+    from PIL import PngImagePlugin
+
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"`path` must be a PNG file, got {str(path)!r}, which does not exist")
+    try:
+        image = PngImagePlugin.PngImageFile(path)
+    except (SyntaxError, OSError) as exc:  # PIL raises SyntaxError for "not a PNG file"
+        raise StoreError(f"`path` must be a PNG file, got {str(path)!r}: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise StoreError(
+            f"`path` {str(path)!r} is {width} x {height} px = {width * height / 1e6:,.1f} MP, past the "
+            f"limit of {max_pixels / 1e6:g} MP"
+        )
+    try:
+        image.load()  # reads the pixels and closes the file
+    except OSError as exc:
+        image.close()
+        raise StoreError(f"`path` {str(path)!r} could not be read: {exc}") from None
+    return image
+
+
 def _json_default(value):
     if hasattr(value, "item"):  # numpy scalars
         return value.item()

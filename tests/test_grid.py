@@ -4,6 +4,9 @@ how the figures display in a real Jupyter kernel."""
 import base64
 import io
 import os
+import re
+import warnings
+from pathlib import Path
 
 import nbclient
 import nbformat
@@ -15,10 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from img2img_lab.errors import ValidationError
+import img2img_lab
+from img2img_lab import figures
+from img2img_lab.errors import StoreError, ValidationError
 from img2img_lab.figures import LabFigure
-from img2img_lab.grid import (cell_message, filter_rows, format_value, grid_image, grid_layout, plot_grid,
-                              value_labels)
+from img2img_lab.grid import (MAX_CELLS, MAX_MEGAPIXELS, SplitGrids, cell_message, filter_rows, format_value,
+                              grid_image, grid_layout, open_grid, plot_grid, save_grid, value_labels)
 from img2img_lab.metrics import add_metrics
 
 
@@ -227,13 +232,214 @@ def test_grid_image_refuses_huge_grids_before_allocating(sweep, monkeypatch):
     allocated = []
     real_new = PIL.Image.new
     monkeypatch.setattr(PIL.Image, "new", lambda *a, **k: allocated.append(a) or real_new(*a, **k))
-    with pytest.raises(ValidationError, match=r"would be \d+ x \d+ px \(12 cells at `cell_size`=4096\).*smaller `cell_size`.*where="):
+    with pytest.raises(ValidationError, match=r"would be \d+ x \d+ px = [\d.,]+ MP \(12 cells at `cell_size`=4096\)"
+                                              r".*16384 px a side.*smaller `cell_size`.*where="):
         grid_image(sweep, z="negative_prompt", cell_size=4096)
     assert allocated == []
-    with pytest.raises(ValidationError, match="max|limit"):
-        grid_image(sweep, z="negative_prompt", cell_size=256, max_pixels=100_000)
+    with pytest.raises(ValidationError, match=r"past the limit of 0.1 MP in all \(`max_megapixels`\)"):
+        grid_image(sweep, z="negative_prompt", cell_size=256, max_megapixels=0.1)
+    assert allocated == []
     with pytest.raises(ValidationError, match="`cell_size`"):
         grid_image(sweep, z="negative_prompt", cell_size=4)
+
+
+# ----------------------------------------------------------------------------------------------
+# limits: 200 MP a grid_image, max_cells, one grid per value (split_by), PIL's limit left alone
+
+
+class Allocated(Exception):
+    """What `PIL.Image.new` raises under `no_allocation`: the size a grid would have been drawn at."""
+
+
+@pytest.fixture
+def no_allocation(monkeypatch):
+    """`PIL.Image.new` raises `Allocated(size)`, so a grid that passes its checks is measured,
+    never drawn."""
+    def new(mode, size, *args, **kwargs):
+        raise Allocated(size)
+
+    monkeypatch.setattr(Image, "new", new)
+
+
+@pytest.fixture(scope="module")
+def seeds_sweep(tmp_path_factory):
+    # strength (3) x guidance_scale (3) x seed (4): a 2 x 2 arrangement of seed panels, near square
+    return make_fake_sweep(tmp_path_factory.mktemp("seeds") / "s", guidance_scale=(1.0, 4.0, 7.5),
+                           seed=(0, 1, 2, 3), negative_prompt=[""], error_cell=None)
+
+
+def _measured(result, cell_size: int, **kwargs) -> tuple[tuple[int, int], str | None]:
+    """The size `grid_image` makes at ``cell_size`` and its refusal (None when it would draw)."""
+    try:
+        grid_image(result, cell_size=cell_size, **kwargs)
+    except Allocated as allocated:
+        return tuple(allocated.args[0]), None
+    except ValidationError as exc:
+        width, height = re.search(r"would be (\d+) x (\d+) px", str(exc)).groups()
+        return (int(width), int(height)), str(exc)
+    raise AssertionError("grid_image drew an image under no_allocation")
+
+
+def test_grid_image_limit_is_200_megapixels(seeds_sweep, no_allocation):
+    assert MAX_MEGAPIXELS == 200
+    kwargs = {"z": "seed", "show_init": False}
+    low, high = 256, 4096  # the largest cell_size that fits: measured, not drawn
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if _measured(seeds_sweep, mid, **kwargs)[1] is None else (low, mid - 1)
+    (width, height), refusal = _measured(seeds_sweep, low, **kwargs)
+    assert refusal is None and width * height <= 200_000_000 and max(width, height) <= 16384
+    assert width * height > 199_000_000  # just under the limit: allowed (PIL's own limit is ~89 MP)
+    (width, height), refusal = _measured(seeds_sweep, low + 1, **kwargs)
+    assert width * height > 200_000_000 and max(width, height) <= 16384
+    assert f"would be {width} x {height} px = {width * height / 1e6:.1f} MP (36 cells at `cell_size`={low + 1})" in refusal
+    assert "past the limit of 200 MP in all (`max_megapixels`);" in refusal and "a side" not in refusal
+    # each way out it names fits: the largest smaller cell, and one grid per value of the z axis
+    assert f"smaller `cell_size` ({low} fits)" in refusal and "`where=`" in refusal
+    assert re.search(r"`split_by='seed'` \(4 grids of \d+ x \d+ px = [\d.]+ MP\)", refusal)
+    assert _measured(seeds_sweep, low + 1, split_by="seed", **kwargs)[1] is None
+    # a limit of one's own, half a pixel either side of a grid's size
+    (width, height), _ = _measured(seeds_sweep, 256, **kwargs)
+    assert _measured(seeds_sweep, 256, max_megapixels=(width * height + 0.5) / 1e6, **kwargs)[1] is None
+    assert _measured(seeds_sweep, 256, max_megapixels=(width * height - 0.5) / 1e6, **kwargs)[1] is not None
+    assert "past the limit of 1000 px a side (`max_side`)" in _measured(seeds_sweep, 256, max_side=1000, **kwargs)[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_megapixels": 0}, r"`max_megapixels` must be a positive number of megapixels, got 0"),
+        ({"max_megapixels": "200"}, r"`max_megapixels` must be a positive number.*got '200'"),
+        ({"max_megapixels": True}, r"`max_megapixels` must be a positive number.*got True"),
+        ({"max_side": 8}, r"`max_side` must be an int of at least 16, got 8"),
+        ({"max_cells": 0}, r"`max_cells` must be None or an int of at least 1, got 0"),
+        ({"max_cells": 2.5}, r"`max_cells` must be None or an int of at least 1, got 2.5"),
+        ({"cell_size": True}, r"`cell_size` must be an int of at least 16 pixels, got True"),
+    ],
+)
+def test_bad_limits(sweep, kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        grid_image(sweep, z="negative_prompt", **kwargs)
+
+
+def test_split_by_gives_one_grid_per_seed(tmp_path, drawn_texts):
+    result = make_fake_sweep(tmp_path / "s", seed=(1, 0), negative_prompt=("", "ugly"))
+    grids = grid_image(result, z="negative_prompt", split_by="seed", cell_size=64)
+    assert isinstance(grids, SplitGrids) and isinstance(grids, dict) and grids.axis == "seed"
+    assert list(grids) == [0, 1]  # the axis's order: numbers sorted
+    assert all(isinstance(im, Image.Image) for im in grids.values())
+    whole = grid_image(result, z="negative_prompt", where={"seed": 0}, cell_size=64)
+    assert grids[0].size[0] == whole.size[0] and grids[0].size[1] > whole.size[1]  # one more title line: seed=0
+    assert "seed=0" in drawn_texts and "seed=1" in drawn_texts
+    assert np.asarray(grids[0]).tobytes() != np.asarray(grids[1]).tobytes()
+    assert grids._repr_html_().count("<img") == 2  # in Jupyter: one picture after the other
+
+    figs = plot_grid(result, z="negative_prompt", split_by="seed", title="my sweep")
+    assert list(figs) == [0, 1] and all(isinstance(f, LabFigure) for f in figs.values())
+    assert [f._suptitle.get_text() for f in figs.values()] == ["my sweep\nseed=0", "my sweep\nseed=1"]
+    assert all(len(image_artists(f, "panel:")) == 2 for f in figs.values())
+    assert placeholders(figs[0]) == ["error"] and placeholders(figs[1]) == ["error"]
+    # strings keep their order of appearance; flat labels name the split's values too
+    figs = plot_grid(result, split_by="negative_prompt", where={"seed": 0}, labels={"ugly": "ugly one"})
+    assert list(figs) == ["", "ugly"]
+    assert figs["ugly"]._suptitle.get_text().endswith("\nnegative_prompt=ugly one")
+    # a split by one of the axes: one panel each
+    panels = plot_grid(result, z="negative_prompt", split_by="negative_prompt", where={"seed": 1})
+    assert [len(image_artists(f, "panel:")) for f in panels.values()] == [1, 1]
+
+
+@pytest.mark.parametrize("split_by, message", [
+    ("sampler", r"`split_by` must be a swept column of the sweep, got 'sampler'; swept columns: "
+                r"\['negative_prompt', 'strength', 'guidance_scale', 'seed'\]"),
+    ("prompt", r"`split_by` must be a swept column.*got 'prompt', which takes one value in it; "
+               r"swept columns: \['negative_prompt'"),
+    (3, r"`split_by` must be a swept column.*got 3"),
+])
+def test_bad_split_by(tmp_path, split_by, message):
+    result = make_fake_sweep(tmp_path / "s", seed=(0, 1))
+    with pytest.raises(ValidationError, match=message):
+        plot_grid(result, z="negative_prompt", split_by=split_by)
+    with pytest.raises(ValidationError, match=message):
+        grid_image(result, z="negative_prompt", split_by=split_by)
+
+
+def test_save_grid_writes_one_file_per_value_and_open_grid_reads_it(tmp_path):
+    result = make_fake_sweep(tmp_path / "s", seed=(0, 1), negative_prompt=("", "ugly, deformed / bad", None))
+    one = grid_image(result, z="negative_prompt", where={"seed": 0}, cell_size=32)
+    assert save_grid(one, tmp_path / "out" / "grid.png") == tmp_path / "out" / "grid.png"
+    assert np.array_equal(np.asarray(open_grid(tmp_path / "out" / "grid.png")), np.asarray(one))
+    paths = save_grid(grid_image(result, z="seed", split_by="negative_prompt", cell_size=32), tmp_path / "out" / "grid.png")
+    assert [p.name for p in paths.values()] == [
+        "grid_negative_prompt=empty.png", "grid_negative_prompt=ugly-deformed-bad.png", "grid_negative_prompt=none.png"]
+    by_seed = save_grid(grid_image(result, z="negative_prompt", split_by="seed", cell_size=32), tmp_path / "out" / "grid.png")
+    assert {k: p.name for k, p in by_seed.items()} == {0: "grid_seed=0.png", 1: "grid_seed=1.png"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["grid.png", *(p.name for p in paths.values()), *(p.name for p in by_seed.values())])  # no temp files left
+    with pytest.raises(ValidationError, match=r"`path` must name a .png file, got '.*grid.jpg'"):
+        save_grid(one, tmp_path / "grid.jpg")
+    with pytest.raises(ValidationError, match=r"`grids` must be what `grid_image` returns.*got dict"):
+        save_grid({0: one}, tmp_path / "grid.png")
+    (tmp_path / "not.png").write_text("text")
+    with pytest.raises(StoreError, match=r"`path` must be a PNG file, got '.*not.png'"):
+        open_grid(tmp_path / "not.png")
+
+
+def test_own_grids_read_past_pil_limit_which_stays_as_it_is(sweep, tmp_path, monkeypatch):
+    # PIL's guard scaled down (a 150 MP grid against ~89 MP), so the test stays small
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    grid = grid_image(sweep, z="negative_prompt", cell_size=64)
+    assert grid.size[0] * grid.size[1] > 2 * 10_000
+    path = save_grid(grid, tmp_path / "grid.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        back = open_grid(path)
+    assert np.array_equal(np.asarray(back), np.asarray(grid))
+    assert Image.MAX_IMAGE_PIXELS == 10_000
+    megapixels = grid.size[0] * grid.size[1] / 1e6
+    with pytest.raises(StoreError, match=rf"is {grid.size[0]} x {grid.size[1]} px = .* MP, past the limit of 0.01 MP"):
+        open_grid(path, max_megapixels=0.01)
+    assert open_grid(path, max_megapixels=megapixels).size == grid.size
+
+
+def test_pil_limit_is_never_changed(sweep, tmp_path):
+    before = Image.MAX_IMAGE_PIXELS
+    plot_grid(sweep, z="negative_prompt", split_by="negative_prompt")
+    open_grid(save_grid(grid_image(sweep, z="negative_prompt", cell_size=32), tmp_path / "g.png"))
+    assert Image.MAX_IMAGE_PIXELS == before
+    package = Path(img2img_lab.__file__).parent
+    assigned = [str(f.relative_to(package)) for f in package.rglob("*.py")
+                if re.search(r"MAX_IMAGE_PIXELS\s*=(?!=)", f.read_text(encoding="utf-8"))]
+    assert assigned == []  # nowhere in the package, for a moment or for good
+
+
+def _many_cells(sweep, n_strengths: int, n_guidance: int):
+    """The sweep's first row repeated on an ``n_strengths`` x ``n_guidance`` grid (one image file)."""
+    row = sweep.df[sweep.df.status == "ok"].iloc[[0]]
+    df = pd.concat([row.assign(strength=0.01 * (i + 1), guidance_scale=float(j))
+                    for i in range(n_strengths) for j in range(n_guidance)], ignore_index=True)
+    return type(sweep)(df=df, out_dir=sweep.out_dir)
+
+
+def test_max_cells_refused_before_drawing(sweep, monkeypatch):
+    assert MAX_CELLS == 1000
+    drawn = []
+    monkeypatch.setattr(figures, "LabFigure", lambda *a, **k: drawn.append(a))
+    with pytest.raises(ValidationError, match=r"`plot_grid` would draw 1,001 cells \(7 x 143\), more than "
+                                              r"`max_cells`=1,000; select fewer with `where=`, or make one grid per value with "
+                                              r"`split_by='guidance_scale'` \(7 grids of 143 cells\), or raise `max_cells`"):
+        plot_grid(_many_cells(sweep, 143, 7))
+    with pytest.raises(ValidationError, match=r"`plot_grid` would draw 12 cells \(2 panels of 2 x 3\), more than "
+                                              r"`max_cells`=10; .*`split_by='negative_prompt'` \(2 grids of 6 cells\)"):
+        plot_grid(sweep, z="negative_prompt", max_cells=10)
+    with pytest.raises(ValidationError, match=r"`plot_grid` for negative_prompt=\S+ would draw 6 cells"):
+        plot_grid(sweep, split_by="negative_prompt", max_cells=5)
+    assert drawn == []
+    with pytest.raises(ValidationError, match=r"`grid_image` would draw 12 cells.*`max_cells`=11"):
+        grid_image(sweep, z="negative_prompt", max_cells=11)
+    with pytest.raises(ValidationError, match=r"`max_cells` must be None or an int of at least 1, got -1"):
+        plot_grid(sweep, z="negative_prompt", max_cells=-1)
 
 
 def test_ambiguous_cell_hint_can_be_pasted(tmp_path):
@@ -241,6 +447,8 @@ def test_ambiguous_cell_hint_can_be_pasted(tmp_path):
     with pytest.raises(ValidationError) as info:
         plot_grid(result, x="strength", y="guidance_scale")
     assert "where={'negative_prompt': None}" in str(info.value) and "z='negative_prompt'" in str(info.value)
+    assert "split_by='negative_prompt'" in str(info.value)
+    assert len(plot_grid(result, x="strength", y="guidance_scale", split_by="negative_prompt")) == 2
 
 
 # ----------------------------------------------------------------------------------------------
