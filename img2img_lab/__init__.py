@@ -59,6 +59,8 @@ _EXPORTS = {
     # sweeps
     "SweepSpec": "spec",
     "run_sweep": "runner",
+    "plan": "planning",
+    "SweepPlan": "planning",
     "SweepResult": "result",
     "load_sweep": "runner",
     # seeing results

@@ -24,7 +24,8 @@ from pathlib import Path
 from .errors import ValidationError
 from .loaders import hub_unreachable_reason
 from .quiet import quiet_adapters
-from .tiny import TINY_MODELS, tiny_model_path
+from .tiny import tiny_model_path
+from .validation import tiny_adapters
 from .vocab import PICKLE_SUFFIXES, is_tiny, looks_like_hub_id, suggest
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
@@ -130,9 +131,10 @@ def _resolve(kind: str, source: str, *, preferred: str) -> AdapterFile:
     if not isinstance(source, str) or not source.strip():
         raise ValidationError(f"`{kind}` must be a non-empty source string, got {source!r}")
     if is_tiny(source):
-        names = [n for n in TINY_MODELS if n.endswith("-lora" if kind == "lora" else "-ip-adapter")]
+        names = tiny_adapters(kind)
         if source not in names:
-            raise ValidationError(f"`{kind}` {source!r} is not an embedded tiny {kind.replace('_', '-')}; "
+            what = "IP-Adapter" if kind == "ip_adapter" else "LoRA"
+            raise ValidationError(f"`{kind}` {source!r} is not an embedded tiny {what}; "
                                   f"the tiny ones are {names}{suggest(source, names)}")
         return _in_folder(kind, source, tiny_model_path(source), preferred)
     local = Path(source).expanduser()
@@ -281,6 +283,9 @@ class AdapterSwitch:
             if self.ip_adapter is None or self.ip_adapter.source != cell.ip_adapter:
                 self._load_ip_adapter(cell.ip_adapter)
             row["ip_adapter_sha256"] = self.ip_adapter.short_hash
+        elif self.ip_adapter is not None:  # a loaded IP-Adapter's layers need its image: the base has none
+            self.pipe.unload_ip_adapter()
+            self.ip_adapter = None
         if state != self.state:
             self._set(weights, ip)
             self.state = state
@@ -351,4 +356,53 @@ def lora_sources(cells) -> list[str]:
             if source not in out:
                 out.append(source)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# the same loads as code, for a cell's reproducing snippet
+
+
+def _location_code(source: str, preferred: str) -> tuple[str, str]:
+    """(the folder argument as code, its weight_name) for a source, as a user writes the load."""
+    if is_tiny(source):
+        return f"lab.tiny_model_path({source!r})", preferred
+    local = Path(source).expanduser()
+    if local.is_file():
+        return repr(str(local.parent)), local.name
+    if local.is_dir():
+        return repr(source), _in_folder("lora", source, local, preferred).weight_name
+    repo, _, filename = source.partition("/")[2].partition("/")
+    if filename:  # owner/name/sub/file.safetensors on the Hub
+        return repr(source.split("/")[0] + "/" + repo), filename
+    return repr(source), ""
+
+
+def lora_code(weights: dict) -> list[str]:
+    """The lines that put LoRAs with these weights (`{source: weight}`) on `pipe`, as diffusers
+    documents it: `load_lora_weights` per LoRA, then `set_adapters`.
+
+    Example:
+        >>> lora_code({"tiny/sd15-lora": 0.5})
+        ["pipe.load_lora_weights(lab.tiny_model_path('tiny/sd15-lora'), weight_name=..., adapter_name='lora0')",
+         "pipe.set_adapters(['lora0'], [0.5])"]
+    """
+    lines, names = [], []
+    for i, source in enumerate(weights):
+        folder, weight_name = _location_code(source, LORA_FILE)
+        name = f"lora{i}"
+        names.append(name)
+        weight_arg = f", weight_name={weight_name!r}" if weight_name else ""
+        lines.append(f"pipe.load_lora_weights({folder}{weight_arg}, adapter_name={name!r})")
+    if names:
+        lines.append(f"pipe.set_adapters({names!r}, {[float(w) for w in weights.values()]!r})")
+    return lines
+
+
+def ip_adapter_code(source: str, scale: float) -> list[str]:
+    """The lines that load IP-Adapter `source` on `pipe` at `scale` (`load_ip_adapter`,
+    `set_ip_adapter_scale`), its image encoder from the `image_encoder/` folder beside it."""
+    folder, weight_name = _location_code(source, IP_ADAPTER_FILE)
+    return [f"pipe.load_ip_adapter({folder}, subfolder='', weight_name={weight_name!r}, "
+            f"image_encoder_folder={IMAGE_ENCODER!r})",
+            f"pipe.set_ip_adapter_scale({float(scale)!r})"]
 

@@ -92,6 +92,8 @@ class Cell:
         if self.ip_adapter is not None:
             row.update(ip_adapter=self.ip_adapter,
                        ip_adapter_scale=1.0 if self.ip_adapter_scale is None else self.ip_adapter_scale)
+        elif self.ip_adapter_scale is not None or self.ip_adapter_image is not None:
+            row.update(ip_adapter=None, ip_adapter_scale=self.ip_adapter_scale)
         row.update(plain(dict(self.labels)))
         return row
 
@@ -134,11 +136,16 @@ class Cell:
             payload["lora"] = plain(self.lora)
         if self.lora_scale is not None:
             payload["lora_scale"] = plain(self.lora_scale)
+        # an adapter's settings stay in its base cells' keys too (adapter None): each grid position is
+        # its own cell, the base picture again, as the X/Y/Z plots of A1111 and ComfyUI draw it
         if self.ip_adapter is not None:
+            payload["ip_adapter"] = self.ip_adapter
+        if self.ip_adapter_scale is not None:
+            payload["ip_adapter_scale"] = self.ip_adapter_scale
+        if self.ip_adapter_image is not None:
             if not ip_image_hash:
-                raise ValidationError(f"`ip_image_hash` is needed for a cell with ip_adapter={self.ip_adapter!r}")
-            payload.update(ip_adapter=self.ip_adapter, ip_adapter_scale=self.ip_adapter_scale,
-                           ip_adapter_image=ip_image_hash)
+                raise ValidationError(f"`ip_image_hash` is needed for a cell with ip_adapter_image={self.ip_adapter_image!r}")
+            payload["ip_adapter_image"] = ip_image_hash
         if self.labels:
             payload["labels"] = plain(dict(self.labels))
         return content_key(payload)
@@ -196,8 +203,8 @@ def expand_cells(spec) -> list[Cell]:
             lora=point["lora"],
             lora_scale=point["lora_scale"],
             ip_adapter=point["ip_adapter"],
-            ip_adapter_scale=point["ip_adapter_scale"] if point["ip_adapter"] is not None else None,
-            ip_adapter_image=point["ip_adapter_image"] if point["ip_adapter"] is not None else None,
+            ip_adapter_scale=point["ip_adapter_scale"],
+            ip_adapter_image=point["ip_adapter_image"],
             labels=FrozenDict(labels),
         ))
     return cells

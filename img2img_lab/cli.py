@@ -1,6 +1,6 @@
 """The `img2img-lab` command line: run sweeps and reports; bad input exits non-zero with one line.
 
-    img2img-lab sweep SPEC.yaml [--model M] [--out DIR] [--set key=value ...]
+    img2img-lab sweep SPEC.yaml [--model M] [--lora L ...] [--out DIR] [--set key=value ...] [--dry-run [--calibrate]]
     img2img-lab report SPEC.yaml [--model M] [--out DIR] [--set key=value ...] [--offline-html]
     img2img-lab demo [--out DIR]
     img2img-lab models [--tiny]
@@ -16,6 +16,7 @@ from pathlib import Path
 from . import catalog, reports
 from .errors import LabError, ValidationError
 from .grid import grid_image
+from .planning import plan
 from .runner import run_sweep
 from .spec import SweepSpec, parse_set
 from .tiny import TINY_MODELS
@@ -32,6 +33,11 @@ def add_spec_arguments(parser, what: str = "sweep folder") -> None:
     parser.add_argument("--out", help=f"{what} (default runs/<spec name>)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a spec key, e.g. --set strength=[0.3,0.6] (repeatable)")
+    parser.add_argument("--lora", action="append", metavar="SOURCE",
+                        help="a LoRA to sweep (hub id, folder, .safetensors, tiny/sd15-lora; 'none' for the base "
+                             "model); repeat for an axis: --lora none --lora tiny/sd15-lora")
+    parser.add_argument("--lora-scale", action="append", type=float, metavar="SCALE",
+                        help="LoRA scale (0: the base model's image); repeat for an axis")
     parser.add_argument("--exact", action="store_true",
                         help="reproducibility mode (the spec's `exact: true`): one call per cell under "
                              "deterministic algorithms, each image equal to its snippet; recorded per row")
@@ -46,6 +52,11 @@ def spec_overrides(args) -> dict:
         overrides["model"] = args.model
     if getattr(args, "exact", False):
         overrides["exact"] = True
+    for flag, key in (("lora", "lora"), ("lora_scale", "lora_scale")):
+        values = getattr(args, flag, None)
+        if values:
+            values = [None if isinstance(v, str) and v.lower() in ("none", "null") else v for v in values]
+            overrides[key] = values if len(values) > 1 else values[0]
     return overrides
 
 
@@ -129,6 +140,12 @@ def cmd_sweep(args) -> int:
             return _launch_with_accelerate(args.argv, args.num_processes)
     spec = _spec_from_args(args)
     out = out_dir(args)
+    if args.dry_run:  # the plan: no model loads (unless --calibrate), nothing is written
+        print(plan(spec, out, batched=not args.no_batched, max_batch_size=args.max_batch_size,
+                   calibrate=args.calibrate))
+        return 0
+    if args.calibrate:
+        raise ValidationError("`--calibrate` goes with `--dry-run` (it times one short call for the plan)")
     result = run_sweep(spec, out, progress=not args.quiet, batched=not args.no_batched,
                        max_batch_size=args.max_batch_size)
     if not _is_main_process():
@@ -194,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-batched", action="store_true", help="one pipeline call per cell")
     sweep.add_argument("--max-batch-size", type=int, default=8)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="print the plan (cells, done, to compute, loads, batch, time, disk, grid size) and stop; "
+                            "loads no model")
+    sweep.add_argument("--calibrate", action="store_true",
+                       help="with --dry-run: time one short call per kind of cell for the estimate (loads the model)")
     sweep.add_argument("--num-processes", type=int, metavar="N",
                        help="split the cells over N processes/GPUs through `accelerate launch`")
     sweep.set_defaults(func=cmd_sweep)

@@ -1190,3 +1190,24 @@ def open_grid(path, *, max_megapixels: float = MAX_MEGAPIXELS) -> Image.Image:
     """
     _check_megapixels(max_megapixels)
     return read_png(path, max_pixels=int(max_megapixels * 1_000_000))
+
+
+def grid_pixel_size(nx: int, ny: int = 1, nz: int = 1, *, image_size: tuple[int, int] = (512, 512),
+                    cell_size: int = 256, n_inits: int = 1, x: str = "x", y: str = "y", z: str | None = None,
+                    title: str = "grid") -> tuple[int, int]:
+    """The (width, height) in pixels `grid_image` would draw for a grid of `nx` x `ny` cells in
+    `nz` panels of images of `image_size`, before any image exists (what `lab.plan` reports).
+
+    The same arithmetic as `grid_image` with one-line labels, so it is exact up to the width of
+    the longest y label (here a short one is assumed).
+
+    Example:
+        >>> grid_pixel_size(4, 3, image_size=(512, 512), cell_size=256)
+        (1404, 882)
+    """
+    for name, value in (("nx", nx), ("ny", ny), ("nz", nz), ("n_inits", n_inits)):
+        _check_count(name, value, 0 if name == "n_inits" else 1, allow_none=False)
+    layout = GridLayout(x=x, y=y, z=z if nz > 1 else None, x_values=[None] * nx, y_values=[None] * ny,
+                        z_values=[None] * nz, cells={}, df=pd.DataFrame())
+    box = _box(tuple(int(v) for v in image_size), cell_size)
+    return _geometry(layout, box, n_inits, title, ["0.00"] * ny).size

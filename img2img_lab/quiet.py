@@ -47,6 +47,7 @@ CALL_WARNING_NOISE = (
 # already holding an adapter gets another one
 ADAPTER_LOG_NOISE = (
     re.compile(r"^No LoRA keys associated to \w+ found with the prefix="),
+    re.compile(r"^There are modules in \w+ that should be kept in float32"),  # load_ip_adapter's own .to()
 )
 ADAPTER_WARNING_NOISE = (
     (r"Already found a `peft_config` attribute in the model", UserWarning),

@@ -15,7 +15,7 @@ from PIL import Image
 from .errors import ValidationError
 from .families import tiny_call
 from .values import NONE_TEXT, format_value, is_null, norm_value
-from .vocab import FAILED_STATUSES, METRIC_NAMES, METRIC_PREFIX, OK, is_metric_column
+from .vocab import FAILED_STATUSES, LABEL_AXES, METRIC_NAMES, METRIC_PREFIX, OK, is_metric_column
 
 # Columns that describe bookkeeping rather than a parameter the user chose.
 BOOKKEEPING_COLUMNS = frozenset(
@@ -24,6 +24,8 @@ BOOKKEEPING_COLUMNS = frozenset(
         "effective_steps", "pipeline_class", "dtype", "device", "batch_size", "width", "height",
         "created", "scheduler_class", "offload", "attention", "vae_slicing", "vae_tiling", "compile", "image_requested",
         "exact", "threads", "batched", "pipeline_defaults", "not_applied",
+        # what the adapter axes loaded: the files' hashes, the weights set_adapters got, the reference picture
+        "lora_weights", "lora_sha256", "ip_adapter_sha256", "ip_adapter_image_hash", "ip_adapter_image_path",
     }
 )
 _THUMB = 64  # px: longest side of a row's thumbnail in the notebook table
@@ -125,7 +127,18 @@ class SweepResult:
             values = self.df[col].map(norm_value)
             if values.nunique(dropna=False) > 1 and not self._follows_model(col, own):
                 out.append(col)
-        return out
+        return [col for col in out if not self._follows_label(col, out)]
+
+    def _follows_label(self, col: str, swept: list) -> bool:
+        """Whether `col` is set by a swept label axis: the prompts a `prompt_sr` term rewrites, the
+        arguments a `variants` name sets (one value of `col` per value of the label)."""
+        for label in LABEL_AXES:
+            if label == col or label not in swept:
+                continue
+            per_label = self.df[col].map(norm_value).groupby(self.df[label].map(norm_value), dropna=False)
+            if per_label.nunique(dropna=False).max() <= 1:
+                return True
+        return False
 
     def _follows_model(self, col: str, own: dict) -> bool:
         """Whether `col` is a tiny twin's own option: that twin's value in its rows, unset elsewhere."""

@@ -41,7 +41,7 @@ from .vocab import ERROR, NAN, OK, effective_steps, is_tiny, is_url
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     """A cell ready to run: its spec cell, init image, content key and base row."""
 
     cell: object
@@ -52,7 +52,8 @@ class _Prepared:
     reference: object = None  # the IP-Adapter's reference picture (PIL), for cells with one
 
 
-def _as_spec(spec):
+def as_spec(spec):
+    """A `SweepSpec` from a spec, a YAML path or a flat dict."""
     if isinstance(spec, SweepSpec):
         return spec
     if isinstance(spec, (str, Path)):
@@ -168,7 +169,7 @@ def _load_init_image(source, model, notes: list):
     return load_image("astronaut"), "astronaut"
 
 
-def _spec_on_disk(spec, prepared: list[_Prepared], store: SweepStore):
+def _spec_on_disk(spec, prepared: list[Prepared], store: SweepStore):
     """The spec as spec.yaml can hold it: an in-memory picture (PIL, array) as `image` or
     `ip_adapter_image` is replaced by the path of its stored copy in inputs/, which has the same
     pixels and so the same cell keys."""
@@ -187,7 +188,7 @@ def _spec_on_disk(spec, prepared: list[_Prepared], store: SweepStore):
     return spec.replace(**changes) if changes else spec
 
 
-def _run_dtype(spec, pipe) -> str:
+def run_dtype(spec, pipe) -> str:
     """The dtype the cells will run in: the given pipeline's, or what `load_pipeline` resolves
     (float16 on CUDA, float32 elsewhere). It is part of every content key, so a sweep resumed on
     another kind of machine never mixes float16 and float32 images under one key."""
@@ -198,11 +199,12 @@ def _run_dtype(spec, pipe) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> list[_Prepared]:
+def prepare_cells(spec, store: SweepStore, dtype: str, notes: list | None = None) -> list[Prepared]:
     """Expand the grid, load each distinct init image once, and give each cell its content key.
 
     What the user should know about the run (tiny models at a small size, a stand-in picture)
-    goes into `notes`, one line each, for `run_sweep` to say once.
+    goes into `notes`, one line each, for `run_sweep` to say once. Without a `store` (a plan)
+    nothing is written: the pictures are read and hashed only.
     """
     notes = [] if notes is None else notes
     size_note = tiny_size_note(spec)
@@ -215,7 +217,7 @@ def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> 
         if ref not in images:  # once per distinct source: one load, one substitution notice
             image, loaded = _load_init_image(source, model, notes)
             digest = image_hash(image)
-            images[ref] = (image, digest, store.write_input(digest, image), loaded)
+            images[ref] = (image, digest, store.write_input(digest, image) if store is not None else None, loaded)
         return images[ref]
 
     prepared = []
@@ -224,8 +226,10 @@ def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> 
         image, digest, rel, loaded = picture(source, cell.model)
         extra = {}
         reference = None
-        if cell.ip_adapter is not None:  # the IP-Adapter's reference picture: stored and hashed like the init image
+        if cell.ip_adapter_image is not None:  # the IP-Adapter's reference picture: stored and hashed like the init image
             reference, ref_digest, ref_rel, ref_loaded = picture(cell.ip_adapter_image, cell.model)
+            if cell.ip_adapter is None:
+                reference = None  # the base model's cell of an IP-Adapter axis: recorded, not passed
             extra = {"ip_adapter_image": str(ref_loaded) if not hasattr(ref_loaded, "size") else
                      f"<{type(ref_loaded).__name__}>", "ip_adapter_image_hash": ref_digest,
                      "ip_adapter_image_path": ref_rel}
@@ -246,7 +250,7 @@ def _prepare(spec, store: SweepStore, dtype: str, notes: list | None = None) -> 
             **{k: v for k, v in cell.call.items() if k != "image"},
         }
         row["effective_steps"] = effective_steps(cell.call)
-        prepared.append(_Prepared(cell, image, digest, key, row, reference))
+        prepared.append(Prepared(cell, image, digest, key, row, reference))
     return prepared
 
 
@@ -280,7 +284,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
         >>> result.df[["strength", "guidance_scale", "status", "image_path"]]
     """
     # 1. validate (the spec validated itself when it was built) and open the folder
-    spec = _as_spec(spec)
+    spec = as_spec(spec)
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValidationError(f"`max_batch_size` must be an int >= 1, got {max_batch_size!r}")
     exact = resolve_exact(exact, getattr(spec, "exact", False))
@@ -294,7 +298,7 @@ def run_sweep(spec, out_dir, pipe=None, progress=True, *, batched=True, exact=No
 
     # 2. expand the grid into cells with content keys; say once what the user should know about it
     notes: list = []
-    prepared = _prepare(spec, store, _run_dtype(spec, pipe), notes)
+    prepared = prepare_cells(spec, store, run_dtype(spec, pipe), notes)
     for note in notes:
         print(note)  # one plain line each (not a warning: nothing is wrong with the user's call)
 
@@ -346,9 +350,32 @@ def group_cells(items: list, cell_of=lambda item: item) -> dict:
     first: dict = {}
     for key in groups:  # rank of each model, and of each IP-Adapter within its model, by first appearance
         first.setdefault((key[0],), len(first))
-        first.setdefault(key[:2], len(first))
+        first.setdefault(key[:2], len(first) if key[1] is not None else -1)  # a model's cells without one first
     order = sorted(groups, key=lambda k: (first[(k[0],)], first[k[:2]], repr(k[2:])))
     return {key: groups[key] for key in order}
+
+
+def count_loads(cells) -> dict:
+    """What running these spec cells loads, in `group_cells` order (what `SpecExecutor.loads`
+    counts as it runs): models, LoRAs (once per model each), IP-Adapters (each change within a
+    model) and schedulers (set per group of cells that names one, the model's own back after)."""
+    loads = {"model": 0, "lora": 0, "ip_adapter": 0, "scheduler": 0}
+    models, loras, ip_now = set(), set(), {}
+    for (model, *_), group in group_cells(list(cells)).items():
+        cell = group[0]
+        if model not in models:
+            models.add(model)
+            loads["model"] += 1
+        for source, _ in cell.lora or ():
+            if (model, source) not in loras:
+                loras.add((model, source))
+                loads["lora"] += 1
+        if cell.ip_adapter is not None and ip_now.get(model) != cell.ip_adapter:
+            loads["ip_adapter"] += 1
+        ip_now[model] = cell.ip_adapter
+        if cell.scheduler is not None:  # set for its group, the model's own back afterwards
+            loads["scheduler"] += 1
+    return loads
 
 
 class SpecExecutor:
@@ -413,7 +440,6 @@ class SpecExecutor:
         groups = self.groups(todo)
         self.check(groups)  # loads each model once (kept for the run below)
         switches: dict = {}  # model -> its AdapterSwitch, while its cells run
-        scheduler_now: dict = {}
         try:
             for key, items in groups.items():
                 model, scheduler = key[0], key[-1]
@@ -426,9 +452,8 @@ class SpecExecutor:
                     adapter_fields = switch.use(cell)
                     self.loads["lora"] = sum(s.loads["lora"] for s in switches.values())
                     self.loads["ip_adapter"] = sum(s.loads["ip_adapter"] for s in switches.values())
-                if scheduler is not None and scheduler_now.get(model) != scheduler:
+                if scheduler is not None:
                     self.loads["scheduler"] += 1
-                scheduler_now[model] = scheduler
                 base = _pipe_row(pipe, model)  # a passed pipe was checked to be this model
                 label = _group_label(model, cell)
                 with quiet_progress(pipe), _scheduler(pipe, scheduler):
@@ -458,7 +483,7 @@ def _group_label(model: str, cell) -> str:
     return " · ".join(parts)
 
 
-def knob_row(pipe, p: _Prepared, skipped=()) -> dict:
+def knob_row(pipe, p: Prepared, skipped=()) -> dict:
     """What a cell's row records of its pipeline's knobs: the default each silent argument ran with,
     which arguments those were (`pipeline_defaults`), the spec's arguments this pipeline does not
     take or ignores (`not_applied`), and the denoising steps it really ran (`effective_steps`)."""
@@ -480,7 +505,7 @@ def explicit_parameters(pipe) -> set:
     return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
-def check_call_keys(pipe, cells: list[_Prepared]) -> None:
+def check_call_keys(pipe, cells: list[Prepared]) -> None:
     """Before any cell runs: each call as `pipe` will get it (`knobs.resolve_call`: the pipeline's
     defaults where the spec is silent, without the arguments it doesn't take, which the sweep-wide
     `knobs.check_knobs` allowed) must denoise at least once, and its `height`/`width` must be
@@ -498,7 +523,7 @@ def check_call_keys(pipe, cells: list[_Prepared]) -> None:
         check_sizes(pipe, p.cell.model, p.cell.call)
 
 
-def rounding_notes(pipe, cells: list[_Prepared]) -> list[str]:
+def rounding_notes(pipe, cells: list[Prepared]) -> list[str]:
     """One line per init image whose size the pipeline rounds down to its VAE factor, for cells
     that set no `height`/`width` (diffusers rounds silently; the rows record the size produced)."""
     accepted = explicit_parameters(pipe)
@@ -517,7 +542,7 @@ def rounding_notes(pipe, cells: list[_Prepared]) -> list[str]:
     return notes
 
 
-def warn_long_prompts(pipe, cells: list[_Prepared], said: set | None = None) -> None:
+def warn_long_prompts(pipe, cells: list[Prepared], said: set | None = None) -> None:
     """Warn once per text that the pipeline's text encoder will cut (CLIP takes 77 tokens).
 
     `said` (one set per sweep) keeps the texts already warned about, so a sweep over several
@@ -556,7 +581,7 @@ def warn_long_texts(pipe, texts, said: set | None = None,
             )
 
 
-def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
+def call_for(pipe, prepared: Prepared, shared: dict | None = None) -> dict:
     """The exact keyword arguments of this cell's pipeline call (without the generator).
 
     `shared` (one dict per group of cells) keeps each derived picture (a resized init image, a
@@ -593,7 +618,7 @@ def call_for(pipe, prepared: _Prepared, shared: dict | None = None) -> dict:
     return call
 
 
-def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int, progress: Progress | None = None,
+def _execute(pipe, cells: list[Prepared], *, batched: bool, max_batch_size: int, progress: Progress | None = None,
              label: str = "", said: set | None = None):
     """Yield (prepared, image, status, error, seconds, batch_size, batched) per cell as each finishes.
 
@@ -620,7 +645,7 @@ def _execute(pipe, cells: list[_Prepared], *, batched: bool, max_batch_size: int
         yield _run_direct(pipe, p, calls[id(p)], progress, label)
 
 
-def _run_batches(engine, pipe, cells: list[_Prepared], calls: dict, max_batch_size: int, progress, label: str):
+def _run_batches(engine, pipe, cells: list[Prepared], calls: dict, max_batch_size: int, progress, label: str):
     """The batchable cells in chunks of `max_batch_size`, each chunk on disk before the next runs."""
     # cells sharing a timestep grid next to each other, later starters together
     cells = sorted(cells, key=lambda p: (calls[id(p)]["num_inference_steps"], calls[id(p)]["image"].size,
@@ -650,7 +675,7 @@ def _run_batches(engine, pipe, cells: list[_Prepared], calls: dict, max_batch_si
                 yield p, out.image, NAN if out.nan else OK, "", out.seconds, out.batch_size, True
 
 
-def _run_direct(pipe, p: _Prepared, call: dict, progress, label: str) -> tuple:
+def _run_direct(pipe, p: Prepared, call: dict, progress, label: str) -> tuple:
     """One cell as one pipeline call; a failure is recorded (the sweep goes on)."""
     if progress is not None:
         progress.start(label, 1)

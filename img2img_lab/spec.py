@@ -88,6 +88,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 
+def _variant_plain(key, value):
+    """A variant's value as YAML holds it: one value (a list wrapped once more, as in a spec)."""
+    value = lora_plain(value) if key == "lora" else plain(value)
+    return [value] if isinstance(value, list) else value
+
+
 class _SpecDumper(yaml.SafeDumper):
     """YAML for people: one key a line, a key's values on its line (``strength: [0.4, 0.6]``)."""
 
@@ -400,7 +406,7 @@ class SweepSpec:
             if k == "lora":
                 out[k] = flat(tuple(lora_plain(combo) for combo in v))
             elif k == "variants":
-                out[k] = {name: {a: plain(x) for a, x in args.items()} for name, args in v}
+                out[k] = {name: {a: _variant_plain(a, x) for a, x in args.items()} for name, args in v}
             else:
                 out[k] = flat(v)
         out.update({k: plain(v) for k, v in self.options.items()})

@@ -73,7 +73,10 @@ def atomic_write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    try:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        table = pa.Table.from_pandas(text_where_mixed(df), preserve_index=False)
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): json.dumps(v, default=str).encode() for k, v in metadata.items()})
@@ -123,6 +126,21 @@ def read_png(path, max_pixels: int) -> Image.Image:
         image.close()
         raise StoreError(f"`path` {str(path)!r} could not be read: {exc}") from None
     return image
+
+
+def text_where_mixed(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each column that mixes text and numbers (a `lora_scale` of 0.5 beside per-LoRA
+    scales "a=0.5, b=1") as text throughout, which parquet can hold; other columns unchanged."""
+    out = df.copy()
+    for column in out.columns:
+        if out[column].dtype != object:
+            continue
+        kinds = {type(v) for v in out[column] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if str in kinds and len(kinds) > 1:
+            out[column] = out[column].map(lambda v: v if v is None or isinstance(v, str) or
+                                          (isinstance(v, float) and math.isnan(v)) else format(v, "g")
+                                          if isinstance(v, (int, float)) else str(v))
+    return out
 
 
 def _json_default(value):

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ValidationError
-from .families import call_pipelines, family_of
+from .families import call_pipelines, family_of, tiny_models
 from .frozen import FrozenDict, freeze
 from .ranges import expand_range, is_number, number_text
 from .vocab import AXES, DEFAULT_OPTIONS, MAX_SEED, SCHEDULER_NAMES, SETTINGS, SIZE_ARGUMENTS, suggest
@@ -429,7 +429,8 @@ def _seeds(key, value) -> list:
 
 
 def _source(key, item) -> str:
-    """One adapter source: a tiny name, hub id, folder or file, as a non-empty string."""
+    """One adapter source: a tiny name, hub id, folder or file, as a non-empty string; a tiny name
+    must be one of the embedded adapters of its kind."""
     if isinstance(item, os.PathLike):
         item = os.fspath(item)
     if not isinstance(item, str) or not item.strip():
@@ -437,7 +438,20 @@ def _source(key, item) -> str:
             f"`{key}` sources must be non-empty strings (a hub id, a folder, a .safetensors file or a tiny "
             f"name such as 'tiny/sd15-lora'), got {item!r}"
         )
+    if item.startswith("tiny/"):
+        kind = "ip_adapter" if key.startswith("ip_adapter") else "lora"
+        names = tiny_adapters(kind)
+        if item not in names:
+            what = "IP-Adapter" if kind == "ip_adapter" else "LoRA"
+            raise ValidationError(f"`{key}` {item!r} is not an embedded tiny {what}; the tiny ones are "
+                                  f"{names}{suggest(item, names)}")
     return item
+
+
+def tiny_adapters(kind: str) -> list[str]:
+    """The embedded tiny LoRAs (`kind` "lora") or IP-Adapters ("ip_adapter"), by their names."""
+    suffix = "-lora" if kind == "lora" else "-ip-adapter"
+    return [name for name in tiny_models() if name.endswith(suffix)]
 
 
 def _weight(key, source, weight) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import numbers
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -21,17 +22,18 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
+from .adapters import ip_adapter_code, lora_code
 from .errors import ValidationError
 from .grid import GridLayout, axis_values, cell_image, grid_layout, placeholder_tile
 from .result import BOOKKEEPING_COLUMNS, parameter_columns
 from .validation import pipeline_call_arguments
 from .values import NONE_TEXT, format_value, is_null, norm_value
-from .vocab import BATCHED_TOLERANCE, OK, SCHEDULER_NAMES, is_metric_column
+from .vocab import ADAPTER_AXES, BATCHED_TOLERANCE, LABEL_AXES, OK, SCHEDULER_NAMES, is_metric_column
 
 PREFERRED_AXES = ("strength", "guidance_scale")
 NO_AXIS = "(none)"  # y option for a one-row grid
 # Row columns that are not keywords of the pipeline call (they go to load_pipeline, load_image, the generator).
-_NOT_CALL = frozenset({"model", "image", "seed", "scheduler", "compel"})
+_NOT_CALL = frozenset({"model", "image", "seed", "scheduler", "compel", *ADAPTER_AXES, *LABEL_AXES})
 _RANKED_ROWS = 10
 SORT_EXTRAS = ("effective_steps", "seconds", "status")  # rankable besides the swept columns and metrics
 # On-screen sizes. Every image is shown at a set size (CSS object-fit), whatever its pixel size, so
@@ -136,14 +138,39 @@ def code_snippet(result, which) -> str:
         "",
         *(["torch.use_deterministic_algorithms(True, warn_only=True)  # as the sweep's exact mode"] if exact else []),
         f"pipe = lab.load_pipeline({load_args})",
+        *_adapter_lines(row),
         f"init = lab.load_image({source!r}{size_arg})",
         "image = pipe(",
         "    image=init,",
         *[f"    {a}," for a in args],
+        *_reference_lines(result, row),
         f'    generator=torch.Generator("cpu").manual_seed({int(_plain(row["seed"]))}),',
         ").images[0]",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _adapter_lines(row) -> list[str]:
+    """The LoRAs and the IP-Adapter of the row, loaded and set as the runner did."""
+    lines = []
+    weights = _plain(row.get("lora_weights"))
+    if isinstance(weights, str) and weights:
+        lines += lora_code(json.loads(weights))
+    ip_adapter = _plain(row.get("ip_adapter"))
+    if isinstance(ip_adapter, str) and ip_adapter:
+        scale = _plain(row.get("ip_adapter_scale"))
+        lines += ip_adapter_code(ip_adapter, 1.0 if is_null(scale) else scale)
+    return lines
+
+
+def _reference_lines(result, row) -> list[str]:
+    """The IP-Adapter's reference picture as a call argument (its stored copy when given in memory)."""
+    if is_null(_plain(row.get("ip_adapter"))):
+        return []
+    source = _plain(row.get("ip_adapter_image"))
+    if not isinstance(source, str) or source.startswith("<") or not source:
+        source = str(result.out_dir / row["ip_adapter_image_path"])
+    return [f"    ip_adapter_image=lab.load_image({source!r}),"]
 
 
 def _load_arguments(row, spec) -> str:
@@ -157,6 +184,8 @@ def _load_arguments(row, spec) -> str:
     scheduler = row.get("scheduler")
     if isinstance(scheduler, str) and scheduler in SCHEDULER_NAMES:
         options["scheduler"] = scheduler
+    if _adapter_lines(row):  # adapters change the pipeline they are loaded into: not the shared cached one
+        options["cache"] = False
     return ", ".join([repr(str(row["model"]))] + [f"{k}={v!r}" for k, v in options.items()])
 
 

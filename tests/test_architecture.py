@@ -108,7 +108,7 @@ LAYERS = {
         "catalog", "memory", "batched", "adapters"},                                 # specs, models, the engine
     3: {"store", "result", "loop", "timings"},                                      # the folder, the table, the loop
     4: {"runner", "chains"},                                             # running sweeps
-    5: {"figures", "grid", "plots", "widgets", "metrics"},               # seeing results
+    5: {"figures", "grid", "plots", "widgets", "metrics", "planning"},             # seeing results
     6: {"htmlexport", "reports", "cli", "__main__"},                     # outside: pages, reports, CLI
 }
 

@@ -313,7 +313,7 @@ def test_cells_share_one_resized_init_image(tmp_path, pipe):
     from img2img_lab.store import SweepStore
 
     spec = lab.SweepSpec.from_dict(BASE)
-    prepared = runner._prepare(spec, SweepStore(tmp_path), "float32")
+    prepared = runner.prepare_cells(spec, SweepStore(tmp_path), "float32")
     shared = {}
     calls = [runner.call_for(pipe, p, shared) for p in prepared]
     assert calls[0]["image"].size == (64, 64)

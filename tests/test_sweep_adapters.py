@@ -1,0 +1,260 @@
+"""The axes beyond strength and guidance: LoRA, IP-Adapter, prompt search/replace, variants; and
+the plan of a sweep before it runs. On the tiny models and their tiny adapters, offline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import img2img_lab as lab
+from img2img_lab.errors import ValidationError
+from img2img_lab.store import read_png_parameters
+from img2img_lab.tiny import tiny_model_path
+from img2img_lab.widgets import code_snippet
+
+BASE = dict(model="tiny/sd15", prompt="a cat in the jungle", image="cat", strength=0.6, num_inference_steps=4)
+
+
+def pixels(result, i) -> np.ndarray:
+    return np.asarray(result.image(i))
+
+
+@pytest.fixture(scope="module")
+def second_lora(tmp_path_factory):
+    """Another LoRA for tiny/sd15 as a single .safetensors file: tiny/sd15-lora's weights, halved."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tiny_model_path("tiny/sd15-lora") / "pytorch_lora_weights.safetensors"))
+    path = tmp_path_factory.mktemp("lora-b") / "halved.safetensors"
+    save_file({k: v * 0.5 for k, v in tensors.items()}, str(path))
+    return str(path)
+
+
+class Loads:
+    """Counts the real model loads (`from_pretrained` of the image-to-image AutoPipeline)."""
+
+    def __init__(self, monkeypatch):
+        import diffusers
+
+        self.calls = []
+        original = diffusers.AutoPipelineForImage2Image.from_pretrained.__func__
+
+        def counted(cls, *args, **kwargs):
+            self.calls.append(args[0] if args else kwargs.get("pretrained_model_or_path"))
+            return original(cls, *args, **kwargs)
+
+        monkeypatch.setattr(diffusers.AutoPipelineForImage2Image, "from_pretrained", classmethod(counted))
+
+
+@pytest.fixture(scope="module")
+def lora_sweep(tmp_path_factory, second_lora):
+    """Two LoRAs and the base model at scales 0 and 1, the LoRA axis written last in the spec."""
+    mp = pytest.MonkeyPatch()
+    try:
+        lab.clear_pipeline_cache()
+        loads = Loads(mp)
+        spec = lab.SweepSpec(**BASE, lora_scale=[0.0, 1.0], lora=[None, "tiny/sd15-lora", second_lora])
+        result = lab.run_sweep(spec, tmp_path_factory.mktemp("lora-sweep"), progress=False, batched=False)
+    finally:
+        mp.undo()
+    return spec, result, loads
+
+
+def test_lora_scale_zero_gives_the_base_image_bit_for_bit(lora_sweep):
+    _, result, _ = lora_sweep
+    df = result.df
+    assert (df["status"] == "ok").all()
+    base = [i for i in range(len(df)) if df["lora"].isna()[i]]
+    zero = [i for i in range(len(df)) if df["lora"][i] == "tiny/sd15-lora" and df["lora_scale"][i] == 0.0]
+    one = [i for i in range(len(df)) if df["lora"][i] == "tiny/sd15-lora" and df["lora_scale"][i] == 1.0]
+    assert len(base) == 2 and len(zero) == 1 and len(one) == 1
+    assert np.array_equal(pixels(result, base[0]), pixels(result, zero[0]))
+    assert np.array_equal(pixels(result, base[0]), pixels(result, base[1]))  # the base ignores lora_scale
+    assert np.abs(pixels(result, one[0]).astype(int) - pixels(result, base[0])).mean() > 1.0
+
+
+def test_two_loras_and_the_base_load_the_model_once(lora_sweep, second_lora):
+    spec, result, loads = lora_sweep
+    assert len(loads.calls) == 1  # one from_pretrained for six cells over three LoRA settings
+    run = result.meta["runs"][-1]
+    assert run["loads"] == {"model": 1, "lora": 2, "ip_adapter": 0, "scheduler": 0}
+    assert lab.plan(spec).loads == run["loads"]  # the plan counts what the run loads
+    # each LoRA row records its source, file hash and scale; the halved file hashes differently
+    df = result.df.dropna(subset=["lora"])
+    assert set(df["lora"]) == {"tiny/sd15-lora", second_lora}
+    assert df.groupby("lora")["lora_sha256"].nunique().eq(1).all() and df["lora_sha256"].nunique() == 2
+    assert set(df["lora_scale"]) == {0.0, 1.0}
+    # the cached pipeline is the base model again after the sweep
+    pipe = lab.load_pipeline("tiny/sd15")
+    assert not any("lora" in name for name, _ in pipe.unet.named_modules())
+
+
+def test_a_resumed_sweep_with_a_new_lora_computes_only_its_cells(lora_sweep, tmp_path, second_lora):
+    spec, first, _ = lora_sweep
+    fewer = spec.replace(lora=[None, "tiny/sd15-lora"])
+    folder = tmp_path / "resume"
+    lab.run_sweep(fewer, folder, progress=False, batched=False)
+    again = lab.run_sweep(spec, folder, progress=False, batched=False)
+    run = again.meta["runs"][-1]
+    assert (run["computed"], run["skipped"]) == (2, 4)
+    assert run["loads"]["lora"] == 1  # only the new LoRA was loaded
+    assert sorted(again.df["key"]) == sorted(first.df["key"])
+
+
+def test_a_lora_cell_reproduces_from_its_snippet_and_png(lora_sweep):
+    _, result, _ = lora_sweep
+    i = int(np.flatnonzero((result.df["lora"] == "tiny/sd15-lora") & (result.df["lora_scale"] == 1.0))[0])
+    code = code_snippet(result, i)
+    assert "pipe.load_lora_weights(lab.tiny_model_path('tiny/sd15-lora')" in code
+    assert "pipe.set_adapters(['lora0'], [1.0])" in code
+    scope: dict = {}
+    exec(code, scope)
+    assert np.array_equal(np.asarray(scope["image"]), pixels(result, i))
+    params = read_png_parameters(result.out_dir / result.df["image_path"][i])
+    assert params["lora"] == "tiny/sd15-lora" and params["lora_scale"] == 1.0 and len(params["lora_sha256"]) == 12
+
+
+def test_several_loras_at_once_with_weights(tmp_path, second_lora):
+    spec = lab.SweepSpec(**BASE, lora={"tiny/sd15-lora": 0.5, second_lora: 1.0}, lora_scale=[1.0, {second_lora: 0.0}])
+    result = lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    weights = [json.loads(w) for w in result.df["lora_weights"]]
+    assert weights == [{"tiny/sd15-lora": 0.5, second_lora: 1.0}, {"tiny/sd15-lora": 0.5, second_lora: 0.0}]
+    assert result.df["lora"][0] == f"tiny/sd15-lora×0.5 + {second_lora}"
+    assert result.df["lora_scale"][1] == f"{second_lora}=0"
+    assert not np.array_equal(pixels(result, 0), pixels(result, 1))
+
+
+def test_lcm_lora_style_variants_in_one_spec(tmp_path):
+    spec = lab.SweepSpec(model="tiny/sd15", prompt="a cat", image="cat", strength=0.5, variants={
+        "base": {"num_inference_steps": 8},
+        "lcm-lora": {"lora": "tiny/sd15-lora", "scheduler": "lcm", "num_inference_steps": 4, "guidance_scale": 1.0},
+    })
+    assert spec.swept == ("variants",)
+    result = lab.run_sweep(spec, tmp_path, progress=False)
+    df = result.df.set_index("variants")
+    assert df.loc["lcm-lora", "scheduler_class"] == "LCMScheduler" and df.loc["lcm-lora", "lora"] == "tiny/sd15-lora"
+    assert df.loc["lcm-lora", "num_inference_steps"] == 4 and df.loc["base", "num_inference_steps"] == 8
+    assert df["scheduler"].isna()["base"] and df["lora"].isna()["base"]
+    assert lab.SweepSpec.from_yaml(spec.to_yaml()) == spec
+
+
+def test_prompt_search_replace_labels_and_prompts(tmp_path):
+    spec = lab.SweepSpec(model="tiny/sd15", prompt="a cat in the jungle", negative_prompt="jungle haze, blur",
+                         image="cat", strength=0.5, num_inference_steps=2, prompt_sr=["jungle", "desert", "city"])
+    assert [c.swept["prompt_sr"] for c in spec.cells()] == ["jungle", "desert", "city"]
+    assert [c.call["prompt"] for c in spec.cells()] == ["a cat in the jungle", "a cat in the desert", "a cat in the city"]
+    assert spec.cells()[1].call["negative_prompt"] == "desert haze, blur"
+    result = lab.run_sweep(spec, tmp_path, progress=False)
+    assert list(result.df["prompt_sr"]) == ["jungle", "desert", "city"]
+    assert list(result.df["negative_prompt"]) == ["jungle haze, blur", "desert haze, blur", "city haze, blur"]
+    assert result.swept == ["prompt_sr"]  # the prompts follow it: not axes of their own
+    grid = lab.grid_image(result, x="prompt_sr", y="seed", cell_size=64)
+    assert grid.width > 3 * 64
+
+
+def test_a_search_term_in_no_prompt_is_refused_by_name():
+    with pytest.raises(ValidationError, match=r"`prompt_sr` term 'forest' occurs in none of the prompts"):
+        lab.SweepSpec(model="tiny/sd15", prompt="a cat in the jungle", image="cat", prompt_sr=["forest", "desert"])
+
+
+def test_adapter_settings_without_the_adapter_are_refused():
+    with pytest.raises(ValidationError, match=r"`lora_scale`=\[0.5\] is set but `lora` is not"):
+        lab.SweepSpec(**BASE, lora_scale=0.5)
+    with pytest.raises(ValidationError, match=r"`ip_adapter_image` is set but `ip_adapter` is not"):
+        lab.SweepSpec(**BASE, ip_adapter_image="cat")
+    with pytest.raises(ValidationError, match=r"needs a reference picture"):
+        lab.SweepSpec(**BASE, ip_adapter="tiny/sd15-ip-adapter")
+    with pytest.raises(ValidationError, match=r"`variants` 'soft' sets `strength`, which the spec also sweeps"):
+        lab.SweepSpec(**{**BASE, "strength": [0.3, 0.6]}, variants={"soft": {"strength": 0.2}, "hard": {}})
+
+
+def test_an_adapter_on_a_family_without_one_is_refused_before_loading(tmp_path, monkeypatch):
+    import diffusers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", no_loading)
+    monkeypatch.setattr(diffusers.AutoPipelineForImage2Image, "from_pretrained", no_loading)
+    spec = lab.SweepSpec(model="tiny/sd-x4-upscaler", prompt="a cat", image="cat", num_inference_steps=2,
+                         ip_adapter="tiny/sd15-ip-adapter", ip_adapter_image="astronaut")
+    with pytest.raises(ValidationError, match=r"`ip_adapter` 'tiny/sd15-ip-adapter' can't be used with model "
+                                              r"'tiny/sd-x4-upscaler': StableDiffusionUpscalePipeline has no "
+                                              r"load_ip_adapter"):
+        lab.run_sweep(spec, tmp_path / "x", progress=False)
+    with pytest.raises(ValidationError, match=r"`lora` 'tiny/sd15-loras' is not an embedded tiny LoRA; the tiny "
+                                              r"ones are .*\(did you mean 'tiny/sd15-lora'\?\)"):
+        lab.SweepSpec(**BASE, lora="tiny/sd15-loras")
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(ValidationError, match=r"`lora` .*nowhere.safetensors' is neither a file nor a folder here"):
+        lab.run_sweep(lab.SweepSpec(**BASE, lora=str(missing)), tmp_path / "y", progress=False)
+
+
+def test_ip_adapter_axes(tmp_path):
+    spec = lab.SweepSpec(**BASE, ip_adapter=[None, "tiny/sd15-ip-adapter"], ip_adapter_scale=[0.0, 1.0],
+                         ip_adapter_image=["astronaut", "cat"])
+    result = lab.run_sweep(spec, tmp_path, progress=False)
+    df = result.df
+    assert (df["status"] == "ok").all() and len(df) == 8
+    assert df["ip_adapter"].isna().sum() == 4  # the base model at each scale and picture: the grid is complete
+    with_ip = df.dropna(subset=["ip_adapter"])
+    assert len(with_ip) == 4 and set(with_ip["ip_adapter_scale"]) == {0.0, 1.0}
+    assert set(with_ip["ip_adapter_image"]) == {"astronaut", "cat"} and with_ip["ip_adapter_sha256"].str.len().eq(12).all()
+    assert not with_ip["batched"].any()  # the IP-Adapter's image embeddings: one call per cell
+    assert result.meta["runs"][-1]["loads"]["ip_adapter"] == 1
+    full = with_ip[with_ip["ip_adapter_scale"] == 1.0].index
+    assert not np.array_equal(pixels(result, full[0]), pixels(result, full[1]))  # the reference picture matters
+    i = int(full[0])
+    scope: dict = {}
+    exec(code_snippet(result, i), scope)
+    assert np.array_equal(np.asarray(scope["image"]), pixels(result, i))
+
+
+def test_plan_loads_nothing_and_counts_what_a_run_would(tmp_path, monkeypatch, second_lora):
+    import diffusers
+
+    spec = lab.SweepSpec(**BASE, lora=[None, "tiny/sd15-lora"], seed=[0, 1], scheduler=[None, "euler"])
+    folder = tmp_path / "planned"
+    lab.run_sweep(spec.replace(seed=0), folder, progress=False)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the plan loaded a model")
+
+    for cls in (diffusers.DiffusionPipeline, diffusers.AutoPipelineForImage2Image, diffusers.ModelMixin):
+        monkeypatch.setattr(cls, "from_pretrained", no_loading)
+    plan = lab.plan(spec, folder)
+    assert (plan.cells, plan.done, plan.todo) == (8, 4, 4)
+    assert plan.loads == {"model": 1, "lora": 1, "ip_adapter": 0, "scheduler": 2}
+    assert plan.seconds is not None and plan.seconds > 0  # tiny/sd15 at 64 px ran here before
+    assert plan.batch == {"tiny/sd15": 1}  # each group of cells holds one cell per batch
+    text = str(plan)
+    for line in ("cells", "already done", "to compute", "loads", "images per batch", "estimated time",
+                 "disk needed", "grid"):
+        assert line in text
+    assert "1 model, 1 LoRA, 2 schedulers" in text
+    before = sorted(p.name for p in folder.rglob("*"))
+    assert sorted(p.name for p in folder.rglob("*")) == before  # nothing written
+
+
+def test_plan_says_unknown_without_timings_and_calibrate_times_one_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMG2IMG_LAB_HOME", str(tmp_path / "home"))  # no earlier runs here (tiny models rebuilt)
+    spec = lab.SweepSpec(**{**BASE, "strength": [0.4, 0.8]}, height=128, width=128)
+    plan = lab.plan(spec)
+    assert plan.seconds is None and "unknown (no earlier run of tiny/sd15 at 128x128" in str(plan)
+    calibrated = lab.plan(spec, calibrate=True)
+    assert calibrated.seconds is not None and calibrated.seconds > 0
+    assert lab.plan(spec).seconds == calibrated.seconds  # kept for later plans
+
+
+def test_cli_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    from img2img_lab.cli import main
+
+    path = tmp_path / "spec.yaml"
+    lab.SweepSpec(**BASE, lora=[None, "tiny/sd15-lora"], guidance_scale=[3.0, 7.5]).to_yaml(path)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "to compute" in text and "4" in text and "1 model, 1 LoRA" in text
+    assert not out.exists()
