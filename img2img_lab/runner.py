@@ -351,7 +351,8 @@ def group_cells(items: list, cell_of=lambda item: item) -> dict:
     for key in groups:  # rank of each model, and of each IP-Adapter within its model, by first appearance
         first.setdefault((key[0],), len(first))
         first.setdefault(key[:2], len(first) if key[1] is not None else -1)  # a model's cells without one first
-    order = sorted(groups, key=lambda k: (first[(k[0],)], first[k[:2]], repr(k[2:])))
+    # within a model and IP-Adapter: the base model's cells first (nothing loaded yet), then each LoRA's
+    order = sorted(groups, key=lambda k: (first[(k[0],)], first[k[:2]], k[2] is not None, repr(k[2:])))
     return {key: groups[key] for key in order}
 
 

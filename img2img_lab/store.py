@@ -170,9 +170,20 @@ def a1111_parameters(params: dict) -> str:
         ("Seed", params.get("seed")),
         ("Denoising strength", params.get("strength")),
         ("Model", params.get("model")),
+        ("Lora hashes", _lora_hashes(params)),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
+
+
+def _lora_hashes(params: dict) -> str | None:
+    """A1111's `Lora hashes: "name: hash, ..."` for a cell with LoRAs (names: the files' stems)."""
+    weights, hashes = params.get("lora_weights"), params.get("lora_sha256")
+    if not isinstance(weights, str) or not isinstance(hashes, str) or not weights:
+        return None
+    names = [Path(source.rstrip("/")).stem or source for source in json.loads(weights)]
+    pairs = ", ".join(f"{name}: {digest}" for name, digest in zip(names, hashes.split(" + ")))
+    return f'"{pairs}"'
 
 
 def read_png_parameters(path) -> dict:

@@ -258,3 +258,62 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "to compute" in text and "4" in text and "1 model, 1 LoRA" in text
     assert not out.exists()
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_the_lora_and_prompt_sr_specs_run_on_the_tiny_twins(tmp_path):
+    lcm = lab.SweepSpec.from_yaml(ROOT / "sweeps" / "lcm_lora.yaml")
+    assert lcm.swept == ("seed", "variants", "strength")
+    data = lcm.to_dict()
+    data["model"], data["seed"] = "tiny/sd15", 0
+    data["variants"]["lcm-lora"]["lora"] = "tiny/sd15-lora"
+    data["variants"]["base"]["num_inference_steps"] = 4
+    result = lab.run_sweep(lab.SweepSpec.from_dict(data, image="cat"), tmp_path / "lcm", progress=False)
+    assert (result.df["status"] == "ok").all() and set(result.df["variants"]) == {"base", "lcm-lora"}
+    sr = lab.SweepSpec.from_yaml(ROOT / "sweeps" / "prompt_search_replace.yaml")
+    assert [c.call["prompt"].split(",")[0] for c in sr.cells()][::2] == [
+        "Astronaut in a jungle", "Astronaut in a desert", "Astronaut in a city at night", "Astronaut in a snowfield"]
+    plan = lab.plan(sr.replace(model="tiny/sd15", image="cat"))
+    assert plan.todo == 8 and plan.grid[:3] == ("strength", "prompt_sr", None)
+
+
+def test_a_tiny_adapter_is_not_a_model():
+    with pytest.raises(ValidationError, match=r"`model` 'tiny/sd15-lora' is a tiny LoRA, not a model: load it into "
+                                              r"its base, e.g. `model: tiny/sd15` with `lora: tiny/sd15-lora`"):
+        lab.load_pipeline("tiny/sd15-lora")
+
+
+def test_the_png_infotext_names_the_lora_hashes(lora_sweep):
+    _, result, _ = lora_sweep
+    i = int(np.flatnonzero(result.df["lora"] == "tiny/sd15-lora")[0])
+    with Image.open(result.out_dir / result.df["image_path"][i]) as im:
+        text = im.text["parameters"]
+    assert f'Lora hashes: "pytorch_lora_weights: {result.df["lora_sha256"][i]}"' not in text  # named by source
+    assert f'Lora hashes: "sd15-lora: {result.df["lora_sha256"][i]}"' in text
+
+
+def test_the_explorer_filters_the_new_axes(lora_sweep):
+    _, result, _ = lora_sweep
+    view = lab.explore(result)
+    described = repr(view) + " ".join(str(getattr(w, "description", "")) for w in _walk(view))
+    assert "lora" in described and "lora_scale" in described
+    assert {"lora", "lora_scale"} <= set(result.swept)
+
+
+def _walk(widget):
+    yield widget
+    for child in getattr(widget, "children", ()) or ():
+        yield from _walk(child)
+
+
+def test_batched_lora_cells_stay_within_the_tolerance_of_direct_calls(tmp_path):
+    spec = lab.SweepSpec(**{**BASE, "strength": [0.5, 0.75, 1.0]}, lora=[None, "tiny/sd15-lora"], lora_scale=0.7)
+    batched = lab.run_sweep(spec, tmp_path / "b", progress=False)
+    direct = lab.run_sweep(spec, tmp_path / "d", progress=False, batched=False)
+    assert batched.df["batched"].all() and (batched.df["batch_size"] == 3).all()
+    assert list(batched.df["key"]) == list(direct.df["key"])
+    for i in range(len(spec)):
+        diff = np.abs(pixels(batched, i).astype(int) - pixels(direct, i))
+        assert diff.max() <= lab.vocab.BATCHED_TOLERANCE
