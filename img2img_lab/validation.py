@@ -552,8 +552,9 @@ def _variants(key, value) -> list:
     """Named groups of arguments, one axis: {name: {key: one value, ...}} -> (name, args) pairs."""
     if value is None or (isinstance(value, (list, tuple)) and list(value) == [None]):
         return [None]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value):
-        value = dict(value)  # the (name, args) pairs a spec stores
+    stored = isinstance(value, (list, tuple)) and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value)
+    if stored:
+        value = dict(value)  # the (name, args) pairs a spec stores, each argument one normalised value
     if not isinstance(value, Mapping) or not value:
         raise ValidationError(
             f"`variants` must be a mapping of names to argument groups, e.g. {{'soft': {{'strength': 0.3}}, "
@@ -569,6 +570,8 @@ def _variants(key, value) -> list:
             raise ValidationError(f"`variants` {name!r} must be a mapping of arguments, got {args!r}")
         clean = {}
         for arg, raw in args.items():
+            if stored:
+                raw = [raw]  # already one value (a LoRA combination, a pair): not an axis of its items
             if arg in _VARIANT_AXES:
                 values = normalise_axis(arg, raw)
             elif isinstance(arg, str) and arg in call_parameters():

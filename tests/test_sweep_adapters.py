@@ -317,3 +317,31 @@ def test_batched_lora_cells_stay_within_the_tolerance_of_direct_calls(tmp_path):
     for i in range(len(spec)):
         diff = np.abs(pixels(batched, i).astype(int) - pixels(direct, i))
         assert diff.max() <= lab.vocab.BATCHED_TOLERANCE
+
+
+@pytest.mark.parametrize("model, lora", [("tiny/sdxl", "tiny/sdxl-lora"), ("tiny/flux", "tiny/flux-lora")])
+def test_the_sdxl_and_flux_loras_sweep_like_sd15s(tmp_path, model, lora):
+    spec = lab.SweepSpec(model=model, prompt="a cat", image="cat", strength=0.6, num_inference_steps=2,
+                         lora=[None, lora], lora_scale=[0.0, 1.0])
+    result = lab.run_sweep(spec, tmp_path, progress=False, batched=False)
+    df = result.df
+    assert (df["status"] == "ok").all() and result.meta["runs"][-1]["loads"]["lora"] == 1
+    base = int(np.flatnonzero(df["lora"].isna())[0])
+    zero = int(np.flatnonzero((df["lora"] == lora) & (df["lora_scale"] == 0.0))[0])
+    one = int(np.flatnonzero((df["lora"] == lora) & (df["lora_scale"] == 1.0))[0])
+    assert np.array_equal(pixels(result, base), pixels(result, zero))
+    assert not np.array_equal(pixels(result, base), pixels(result, one))
+
+
+def test_variants_survive_replace_and_yaml():
+    spec = lab.SweepSpec(model="tiny/sd15", prompt="a cat", image="cat", variants={
+        "one": {"lora": "tiny/sd15-lora", "strength": 0.4},
+        "two": {"lora": [["tiny/sd15-lora", "./other.safetensors"]], "strength": 0.6},  # one combination
+        "weighted": {"lora": {"tiny/sd15-lora": 0.5}},
+    })
+    again = spec.replace(model="tiny/sd15", seed=[0, 1])
+    assert again.variants == spec.variants and len(again) == 6
+    assert lab.SweepSpec.from_yaml(spec.to_yaml()) == spec
+    assert [c.lora for c in spec.cells()] == [(("tiny/sd15-lora", 1.0),),
+                                              (("tiny/sd15-lora", 1.0), ("./other.safetensors", 1.0)),
+                                              (("tiny/sd15-lora", 0.5),)]
