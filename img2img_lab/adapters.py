@@ -25,7 +25,7 @@ from .errors import ValidationError
 from .loaders import hub_unreachable_reason
 from .quiet import quiet_adapters
 from .tiny import tiny_model_path
-from .validation import tiny_adapters
+from .validation import pipeline_adapters, tiny_adapters
 from .vocab import PICKLE_SUFFIXES, is_tiny, looks_like_hub_id, suggest
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
@@ -211,16 +211,15 @@ def support_problem(pipeline_class, kind: str) -> str | None:
         >>> support_problem("StableDiffusionUpscalePipeline", "ip_adapter")
         "StableDiffusionUpscalePipeline has no load_ip_adapter in diffusers ..."
     """
-    if isinstance(pipeline_class, str):
-        import diffusers
-
-        pipeline_class = getattr(diffusers, pipeline_class, None)
-        if pipeline_class is None:
-            return None  # a class this diffusers doesn't export: the load says so
     method = "load_lora_weights" if kind == "lora" else "load_ip_adapter"
-    if hasattr(pipeline_class, method):
+    if isinstance(pipeline_class, str):
+        name, takes = pipeline_class, kind in pipeline_adapters(pipeline_class)  # from the source, no import
+    else:
+        name, takes = pipeline_class.__name__, hasattr(pipeline_class, method)
+    if takes:
         return None
-    return f"{pipeline_class.__name__} has no {method} in diffusers: its family takes no {kind.replace('_', '-')}"
+    what = "LoRA" if kind == "lora" else "IP-Adapter"
+    return f"{name} has no {method} in diffusers: its family takes no {what} (lab.families(): `{kind}` column)"
 
 
 def check_support(calls: dict) -> None:

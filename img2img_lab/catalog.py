@@ -15,7 +15,7 @@ import pandas as pd
 
 from .families import Entry, entries, family_of_class, tiny_call
 from .knobs import taken
-from .validation import pipeline_call_defaults
+from .validation import pipeline_adapters, pipeline_call_defaults
 
 # The knobs a row says whether its pipeline takes: diffusers' call argument names.
 KNOBS = ("strength", "guidance_scale", "true_cfg_scale", "negative_prompt", "prompt_2", "prompt_3")
@@ -24,12 +24,14 @@ CONTROL_ARGUMENTS = ("control_image",)
 # The arguments a spec leaves at None by default (vocab.DEFAULTS): what a cell runs with there.
 SILENT = ("strength", "guidance_scale", "true_cfg_scale", "num_inference_steps")
 # The columns of `markdown()` and `text()` (`img2img-lab models`): the frame's, with the knobs in one.
-SUMMARY_COLUMNS = ("key", "mapping_key", "pipeline", "tiny", "knobs", "defaults", "speed", "checkpoint", "single_file",
-                   "requires")
+SUMMARY_COLUMNS = ("key", "mapping_key", "pipeline", "tiny", "knobs", "adapters", "defaults", "speed", "checkpoint",
+                   "single_file", "requires")
+# The adapter axes a row's pipeline takes (its diffusers loader mixins), as the summary names them.
+ADAPTERS = {"lora": "LoRA", "ip_adapter": "IP-Adapter"}
 # The summary columns that hold names, shown as code in markdown.
 CODE_COLUMNS = ("key", "mapping_key", "pipeline", "checkpoint")
 
-__all__ = ["CONTROL_ARGUMENTS", "KNOBS", "SILENT", "SUMMARY_COLUMNS", "families", "markdown", "summary", "text"]
+__all__ = ["ADAPTERS", "CONTROL_ARGUMENTS", "KNOBS", "SILENT", "SUMMARY_COLUMNS", "families", "markdown", "summary", "text"]
 
 
 def _text(value) -> str:
@@ -62,7 +64,8 @@ def families() -> pd.DataFrame:
     make this pipeline from it; "(sd15's layout)" where it shares another row's twin), `tiny_call`
     (the call arguments the twin's cells always get), one boolean column per knob of `KNOBS` and
     `control_image` (read from the pipeline's `__call__`), `image_list` (several reference
-    pictures as `image`), `defaults` (what a cell runs with where the spec is silent: the family's
+    pictures as `image`), `lora` and `ip_adapter` (whether its pipeline loads LoRAs / IP-Adapters:
+    the spec's adapter axes), `defaults` (what a cell runs with where the spec is silent: the family's
     value, e.g. FLUX.1's guidance_scale 3.5, else the signature's), `speed` ("batched" or
     "per cell: <why>"), `checkpoint` (a typical real id), `single_file`, `requires` (packages
     beyond img2img_lab's requirements that loading it needs: torchvision for Qwen-Image-Edit and
@@ -93,6 +96,7 @@ def families() -> pd.DataFrame:
             **{name: name in accepted for name in KNOBS},
             "control_image": any(name in accepted for name in CONTROL_ARGUMENTS),
             "image_list": e.image_list,
+            **{kind: kind in pipeline_adapters(e.pipeline) for kind in ADAPTERS},
             "defaults": _defaults(e, accepted),
             "speed": family.speed_path(e.pipeline),
             "checkpoint": e.checkpoint,
@@ -116,6 +120,7 @@ def summary(df: pd.DataFrame | None = None) -> pd.DataFrame:
         knobs=df[list(knob_columns)].apply(
             lambda row: ", ".join(name.replace("image_list", "image list") for name in knob_columns if row[name]),
             axis=1),
+        adapters=df[list(ADAPTERS)].apply(lambda row: ", ".join(ADAPTERS[k] for k in ADAPTERS if row[k]), axis=1),
         speed=df["speed"].str.split(":").str[0],
         mapping_key=df["mapping_key"].fillna(""),
     )
@@ -137,7 +142,7 @@ def markdown(df: pd.DataFrame | None = None) -> str:
 
     Example:
         >>> markdown().splitlines()[0]
-        '| key | mapping_key | pipeline | tiny | knobs | defaults | speed | checkpoint | single_file | requires |'
+        '| key | mapping_key | pipeline | tiny | knobs | adapters | defaults | speed | checkpoint | single_file | requires |'
     """
     table = summary(df)
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]

@@ -109,6 +109,40 @@ def _call_node(root: Path, cls_name: str, rel_path: str):
     return None
 
 
+def _class_node(root: Path, cls_name: str, rel_path: str):
+    path = root / rel_path
+    if not path.is_file():
+        return None
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ClassDef) and node.name == cls_name:
+            return node
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def pipeline_adapters(cls_name: str) -> frozenset:
+    """Which adapters a diffusers pipeline loads: "lora" (`load_lora_weights`), "ip_adapter"
+    (`load_ip_adapter`), read from its class's loader mixins in the installed diffusers' source
+    (no import; `hasattr` on the class where the file moved).
+
+    Example:
+        >>> sorted(pipeline_adapters("StableDiffusionImg2ImgPipeline"))
+        ['ip_adapter', 'lora']
+    """
+    rel_path = CALL_PIPELINES.get(cls_name)
+    root = _diffusers_root() if rel_path else None
+    node = _class_node(root, cls_name, rel_path) if root else None
+    if node is not None:
+        bases = {ast.unparse(b).split(".")[-1] for b in node.bases}
+        return frozenset({"lora"} if any("LoraLoaderMixin" in b for b in bases) else set()) | frozenset(
+            {"ip_adapter"} if any("IPAdapterMixin" in b for b in bases) else set())
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+    return frozenset(k for k, m in (("lora", "load_lora_weights"), ("ip_adapter", "load_ip_adapter"))
+                     if hasattr(cls, m))
+
+
 def call_arguments_from_source(root: Path, cls_name: str, rel_path: str) -> dict | None:
     """`{name: annotation text}` of `cls_name.__call__`, read from `root / rel_path` with `ast`.
 
