@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,18 +143,51 @@ def _resolve(kind: str, source: str, *, preferred: str) -> AdapterFile:
         return AdapterFile(source, local.parent, local.name, kind)
     if local.is_dir():
         return _in_folder(kind, source, local, preferred)
-    if looks_like_hub_id(source):
+    where = where_on_hub(kind, source)
+    if where is None:
         return _in_folder(kind, source, _hub_snapshot(kind, source), preferred)
-    repo, _, filename = source.partition("/")[2].partition("/")
-    repo = source.split("/")[0] + "/" + repo
-    if looks_like_hub_id(repo) and filename and Path(filename).suffix.lower() in WEIGHT_SUFFIXES \
-            and not source.startswith((".", "/", "~")):
-        path = _hub_file(kind, source, repo, filename)
-        return AdapterFile(source, path.parent, path.name, kind)
+    path = _hub_file(kind, source, *where)
+    return AdapterFile(source, path.parent, path.name, kind)
+
+
+def where_on_hub(kind: str, source: str) -> tuple[str, str] | None:
+    """For a source that is not on this machine: `(repo, filename)` of a Hub file
+    (`owner/name/sub/file.safetensors`), None for a Hub repo (`owner/name`); a missing local
+    path (a weights file name, `./x`, `/x`, `~/x`) raises, naming where it was looked for.
+    Reads nothing from the network."""
+    parts = source.split("/")
+    local_form = source.startswith((".", "/", "~", "\\")) or "\\" in source
+    weights = Path(source).suffix.lower() in WEIGHT_SUFFIXES
+    if not local_form and weights and len(parts) >= 3 and looks_like_hub_id("/".join(parts[:2])) \
+            and not Path(parts[0]).expanduser().exists():
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    if not local_form and not weights and looks_like_hub_id(source) and not Path(parts[0]).exists():
+        return None
     raise ValidationError(
-        f"`{kind}` {source!r} is neither a file nor a folder here, nor a Hub repo (owner/name) or a file in one "
-        f"(owner/name/file.safetensors)"
+        f"`{kind}` {source!r}: no such file or folder (looked for {Path(source).expanduser().absolute()}); a Hub "
+        f"source is owner/name or owner/name/file.safetensors"
     )
+
+
+def is_local_source(source: str) -> bool:
+    """Whether a (non-tiny) source names a local file or folder rather than a Hub repo or file."""
+    try:
+        where_on_hub("lora", source)
+    except ValidationError:
+        return True
+    return False
+
+
+def check_source(kind: str, source: str) -> None:
+    """The checks of a source that need neither the network nor a model: a tiny name is one of
+    the tiny adapters, a local path exists (a Hub source is checked when it is fetched)."""
+    if is_tiny(source):
+        names = tiny_adapters(kind)
+        if source not in names:
+            raise ValidationError(f"`{kind}` {source!r} is not an embedded tiny adapter; the tiny ones are {names}")
+        return
+    if not Path(source).expanduser().exists():
+        where_on_hub(kind, source)
 
 
 def _in_folder(kind: str, source: str, folder: Path, preferred: str) -> AdapterFile:
@@ -239,10 +273,25 @@ def check_support(calls: dict) -> None:
                 shown = first if isinstance(first, str) else " + ".join(s for s, _ in first)
                 raise ValidationError(f"`{kind}` {shown!r} can't be used with model {model!r}: {problem}; "
                                       f"drop `{kind}` for this model or sweep it on a model that takes one")
+            for cell in used:  # a tiny adapter fits its own tiny model only
+                value = getattr(cell, kind)
+                for source in ([value] if isinstance(value, str) else [s for s, _ in value]):
+                    base = tiny_base(source)
+                    if base is not None and is_tiny(model) and base != model:
+                        raise ValidationError(f"`{kind}` {source!r} is made for {base!r}, not for model {model!r}: "
+                                              f"use it with `model: {base}`")
 
 
 # --------------------------------------------------------------------------------------------
 # switching on one pipeline
+
+
+def tiny_base(source: str) -> str | None:
+    """The tiny model a tiny adapter is made for (`tiny/sd15-lora` -> `tiny/sd15`), else None."""
+    for suffix in ("-lora", "-ip-adapter"):
+        if is_tiny(source) and source.endswith(suffix):
+            return source.removesuffix(suffix)
+    return None
 
 
 def adapter_name(source: str) -> str:
@@ -278,10 +327,12 @@ class AdapterSwitch:
                 self._load_lora(source)
         if weights:
             row["lora_sha256"] = " + ".join(self.loras[s].short_hash for s in weights)
+            row["lora_files"] = json.dumps({s: str(self.loras[s].path.absolute()) for s in weights})
         if cell.ip_adapter is not None:
             if self.ip_adapter is None or self.ip_adapter.source != cell.ip_adapter:
                 self._load_ip_adapter(cell.ip_adapter)
             row["ip_adapter_sha256"] = self.ip_adapter.short_hash
+            row["ip_adapter_file"] = str(self.ip_adapter.path.absolute())
         elif self.ip_adapter is not None:  # a loaded IP-Adapter's layers need its image: the base has none
             self.pipe.unload_ip_adapter()
             self.ip_adapter = None
@@ -290,11 +341,30 @@ class AdapterSwitch:
             self.state = state
         return row
 
+    def preload(self, sources) -> None:
+        """Load these LoRAs now (each once), before any cell runs: a LoRA that does not fit the model
+        (made for another base model) is refused here, with nothing computed in between."""
+        for source in sources:
+            if source not in self.loras:
+                self._load_lora(source)
+        if self.loras:
+            self.pipe.disable_lora()  # until a cell sets its weights
+            self.state = ((), (None, 1.0))
+
     def _load_lora(self, source: str) -> None:
         found = resolve_lora(source, allow_pickle=self.allow_pickle)
-        with quiet_adapters():
-            self.pipe.load_lora_weights(str(found.folder), weight_name=found.weight_name,
-                                        adapter_name=adapter_name(source))
+        try:
+            with quiet_adapters():
+                self.pipe.load_lora_weights(str(found.folder), weight_name=found.weight_name,
+                                            adapter_name=adapter_name(source))
+        except Exception as exc:  # noqa: BLE001 - shapes of another base model, a non-LoRA file: one line
+            self.pipe.unload_lora_weights()  # what the failed load left in the layers, and the others: it stops here
+            self.loras.clear()
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ValidationError(
+                f"`lora` {source!r} can't be loaded into model {self.model!r} ({type(self.pipe).__name__}): "
+                f"{first[:240]}; is it a LoRA for another base model?"
+            ) from None
         self.loras[source] = found
         self.loads["lora"] += 1
         self.state = None  # loading activates the new adapter: set the weights again
@@ -309,13 +379,20 @@ class AdapterSwitch:
         if not encoder.is_dir() and not has_own:
             raise ValidationError(f"`ip_adapter` {source!r} has no {IMAGE_ENCODER}/ folder beside {found.weight_name} "
                                   f"(in {found.folder}) and model {self.model!r} has no image encoder of its own")
-        with quiet_adapters():
-            if "image_encoder_folder" in params:  # SD 1.x / SDXL style
-                self.pipe.load_ip_adapter(str(found.folder), subfolder="", weight_name=found.weight_name,
-                                          image_encoder_folder=IMAGE_ENCODER if encoder.is_dir() else None)
-            else:  # FLUX / SD3 style: the image encoder by its own path
-                extra = {"image_encoder_pretrained_model_name_or_path": str(encoder)} if encoder.is_dir() else {}
-                self.pipe.load_ip_adapter(str(found.folder), weight_name=found.weight_name, **extra)
+        try:
+            with quiet_adapters():
+                if "image_encoder_folder" in params:  # SD 1.x / SDXL style
+                    self.pipe.load_ip_adapter(str(found.folder), subfolder="", weight_name=found.weight_name,
+                                              image_encoder_folder=IMAGE_ENCODER if encoder.is_dir() else None)
+                else:  # FLUX / SD3 style: the image encoder by its own path
+                    extra = {"image_encoder_pretrained_model_name_or_path": str(encoder)} if encoder.is_dir() else {}
+                    self.pipe.load_ip_adapter(str(found.folder), weight_name=found.weight_name, **extra)
+        except Exception as exc:  # noqa: BLE001
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ValidationError(
+                f"`ip_adapter` {source!r} can't be loaded into model {self.model!r} ({type(self.pipe).__name__}): "
+                f"{first[:240]}; is it an IP-Adapter for another base model?"
+            ) from None
         self.ip_adapter = found
         self.loads["ip_adapter"] += 1
         self.state = None
@@ -376,9 +453,11 @@ def _location_code(source: str, preferred: str) -> tuple[str, str]:
     return repr(source), ""
 
 
-def lora_code(weights: dict) -> list[str]:
+def lora_code(weights: dict, files: dict | None = None) -> list[str]:
     """The lines that put LoRAs with these weights (`{source: weight}`) on `pipe`, as diffusers
-    documents it: `load_lora_weights` per LoRA, then `set_adapters`.
+    documents it: `load_lora_weights` per LoRA, then `set_adapters`, in the order of `weights`.
+    `files` (`{source: absolute path}`, a row's `lora_files`) places local files where the sweep
+    found them, so the code runs from any folder.
 
     Example:
         >>> lora_code({"tiny/sd15-lora": 0.5})
@@ -388,6 +467,9 @@ def lora_code(weights: dict) -> list[str]:
     lines, names = [], []
     for i, source in enumerate(weights):
         folder, weight_name = _location_code(source, LORA_FILE)
+        local = Path(files[source]) if files and source in files else None
+        if local is not None and not is_tiny(source) and is_local_source(source):
+            folder, weight_name = repr(str(local.parent)), local.name  # where the sweep found it, absolute
         name = f"lora{i}"
         names.append(name)
         weight_arg = f", weight_name={weight_name!r}" if weight_name else ""

@@ -8,12 +8,13 @@ call keywords, the seed, the scheduler and the loading options that change pixel
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ValidationError
 from .families import tiny_call
-from .frozen import KEY_LENGTH, FrozenDict, canonical_json, content_key, plain, thaw
+from .frozen import KEY_LENGTH, FrozenDict, content_key, plain, thaw
 from .validation import call_parameters
 from .vocab import (CALL_AXES, DEFAULT_OPTIONS, DTYPES, PIXEL_OPTIONS, PROMPT_TEXTS, TINY_SIZE, effective_steps,
                     is_tiny)
@@ -86,7 +87,7 @@ class Cell:
         if self.lora is not None:
             row["lora"] = lora_label(self.lora)
             row["lora_scale"] = 1.0 if self.lora_scale is None else lora_scale_value(self.lora_scale)
-            row["lora_weights"] = canonical_json(self.lora_weights)
+            row["lora_weights"] = json.dumps(self.lora_weights)  # in the spec's order: set_adapters' order
         elif self.lora_scale is not None:
             row.update(lora=None, lora_scale=lora_scale_value(self.lora_scale))
         if self.ip_adapter is not None:

@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run, resume or extend a sweep spec")
     add_spec_arguments(sweep)
     sweep.add_argument("--no-batched", action="store_true", help="one pipeline call per cell")
-    sweep.add_argument("--max-batch-size", type=int, default=8)
+    sweep.add_argument("--max-batch-size", type=int, default=8,
+                       help="the most cells per batch through the denoiser (halved on out-of-memory; default 8)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.add_argument("--dry-run", action="store_true",
                        help="print the plan (cells, done, to compute, loads, batch, time, disk, grid size) and stop; "

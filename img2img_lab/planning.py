@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .adapters import check_source
 from .errors import ValidationError
 from .families import family_of_class
 from .grid import MAX_MEGAPIXELS, grid_pixel_size
 from .knobs import known_class
 from .loaders import load_pipeline, validate_options
 from .loop import done_keys, resolve_exact
-from .runner import as_spec, call_for, count_loads, prepare_cells, run_cell, run_dtype
+from .runner import (as_spec, call_for, check_knobs_before_loading, count_loads, prepare_cells, run_cell, run_dtype,
+                     quiet_progress, same_image_count)
 from .store import SweepStore
 from .timings import read_timings, record_rows, seconds_per_step
 from .torchutil import resolve_device
@@ -33,19 +35,43 @@ BYTES_PER_PIXEL = 2.0  # a PNG of a photo-like image, when the folder has no ima
 PREFERRED_AXES = ("strength", "guidance_scale")  # the grid's x and y when the spec sweeps them
 
 
+@dataclass(frozen=True)
+class GridPlan:
+    """The sweep's labelled grid as `grid_image` would draw it: its axes, pixel size, and the axis to
+    split it by when it is past `MAX_MEGAPIXELS` (None when nothing is left to split by)."""
+
+    x: str
+    y: str | None
+    z: str | None
+    width: int
+    height: int
+    split_by: str | None
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+
 @dataclass
 class SweepPlan:
     """What running a spec would do; `str(plan)` is the text the CLI prints, in a notebook a table.
 
     Attributes:
-        cells: cells of the spec; done: of them already finished in the folder; todo: to compute.
-        loads: what running `todo` loads: model, lora, ip_adapter, scheduler counts.
+        cells: the cells of the spec.
+        done: of them, those already finished in the folder (a run skips them).
+        todo: those a run would produce.
+        same_image: of `todo`, those giving the same pixels as another cell (the base model at
+            each `lora_scale`): a run computes each such picture once and stores it for each cell.
+        loads: what running `todo` loads: counts of "model", "lora", "ip_adapter", "scheduler".
         batch: model -> the largest number of images per batch its cells would run in (1: one
             call each), or None when the model's class is unknown before loading it.
         seconds: the estimated time of `todo`, or None when some kind of cell has no timing yet.
-        unknown: the kinds of cell (model, size, device, dtype) without a timing.
-        disk_bytes: the estimated size of the images to compute.
-        grid: (x, y, z, width, height, split_by) of the sweep's labelled grid, or None with one cell.
+        unknown: the kinds of cell ("model at WxH on device dtype") without a timing.
+        disk_bytes: the estimated size of the images to write.
+        grid: the sweep's grid (`GridPlan`), or None when nothing is swept.
+        notes: what the run would say first (tiny models at their small size, a stand-in picture).
+
+    Not checked by a plan: the Hub (a hub LoRA or model is found when a run fetches it).
     """
 
     cells: int
@@ -56,7 +82,8 @@ class SweepPlan:
     seconds: float | None
     unknown: list
     disk_bytes: int
-    grid: tuple | None
+    grid: GridPlan | None
+    same_image: int = 0
     notes: list = field(default_factory=list)
 
     def lines(self) -> list[tuple[str, str]]:
@@ -72,23 +99,26 @@ class SweepPlan:
         else:
             time_text = ("unknown (no earlier run of " + "; ".join(self.unknown[:3])
                          + ("; ..." if len(self.unknown) > 3 else "") + "; --calibrate times one short call)")
+        todo = f"{self.todo:,}"
+        if self.same_image:
+            todo += (f" ({self.same_image:,} of them the same picture as another cell, e.g. the base model at each "
+                     f"lora_scale: computed once)")
         rows = [
             ("cells", f"{self.cells:,}"),
             ("already done", f"{self.done:,}"),
-            ("to compute", f"{self.todo:,}"),
+            ("to compute", todo),
             ("loads", load_text if self.todo else "none"),
-            ("images per batch", batches or "-"),
-            ("estimated time", time_text if self.todo else "0 s"),
-            ("disk needed", f"about {_size(self.disk_bytes)}"),
+            ("images per batch", (batches or "none") if self.todo else "none"),
+            ("estimated time", time_text if self.todo else "none"),
+            ("disk needed", f"about {_size(self.disk_bytes)}" if self.todo else "none"),
         ]
         if self.grid is not None:
-            x, y, z, width, height, split = self.grid
-            axes = " x ".join(a for a in (x, y) if a) + (f", panels by {z}" if z else "")
-            mp = width * height / 1e6
-            text = f"{width:,} x {height:,} px ({mp:.1f} MP; {axes})"
-            if mp > MAX_MEGAPIXELS:
-                text += f", past the {MAX_MEGAPIXELS} MP limit: split it with split_by={split!r}" if split else \
-                        f", past the {MAX_MEGAPIXELS} MP limit: use a smaller cell_size or where="
+            g = self.grid
+            axes = " x ".join(a for a in (g.x, g.y) if a) + (f", panels by {g.z}" if g.z else "")
+            text = f"{g.width:,} x {g.height:,} px ({g.megapixels:.1f} MP; {axes})"
+            if g.megapixels > MAX_MEGAPIXELS:
+                text += (f", past the {MAX_MEGAPIXELS} MP limit: split it with split_by={g.split_by!r}" if g.split_by
+                         else f", past the {MAX_MEGAPIXELS} MP limit: use a smaller cell_size or where=")
             rows.append(("grid", text))
         return rows
 
@@ -132,6 +162,12 @@ def plan(spec, out_dir=None, *, exact=None, batched: bool = True, max_batch_size
         raise ValidationError(f"`max_batch_size` must be an int >= 1, got {max_batch_size!r}")
     exact = resolve_exact(exact, getattr(spec, "exact", False))
     validate_options(dict(spec.options))
+    check_knobs_before_loading(spec)  # what a run refuses before loading, the plan refuses too
+    for cell in spec.cells():  # adapter files on this machine (the Hub's are found when fetched)
+        for source, _ in cell.lora or ():
+            check_source("lora", source)
+        if cell.ip_adapter is not None:
+            check_source("ip_adapter", cell.ip_adapter)
     notes: list = []
     prepared = prepare_cells(spec, None, run_dtype(spec, None), notes)
     # 2. what the folder has finished
@@ -142,7 +178,8 @@ def plan(spec, out_dir=None, *, exact=None, batched: bool = True, max_batch_size
     done = done_keys(table, exact=exact) if table is not None else set()
     todo = [p for p in prepared if p.key not in done]
     # 3. loads, batches, time, disk, grid
-    loads = count_loads(p.cell for p in todo)
+    loads = count_loads(todo)
+    same = same_image_count(todo)
     batch = _batches(spec, todo, batched=batched and not exact, max_batch_size=max_batch_size)
     device = resolve_device(spec.options.get("device"))
     dtype = run_dtype(spec, None)
@@ -152,7 +189,7 @@ def plan(spec, out_dir=None, *, exact=None, batched: bool = True, max_batch_size
     disk = int(sum(w * h for w, h in (_size_of(p) for p in todo)) * _bytes_per_pixel(out_dir, table))
     return SweepPlan(cells=len(prepared), done=len(prepared) - len(todo), todo=len(todo), loads=loads, batch=batch,
                      seconds=seconds, unknown=unknown, disk_bytes=disk, grid=_grid(spec, prepared, cell_size),
-                     notes=notes)
+                     same_image=same, notes=notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,8 +229,11 @@ def _kind(p, device, dtype) -> tuple:
 
 def _estimate(spec, todo, device, dtype) -> tuple[float | None, list]:
     data = read_timings()
-    total, unknown = 0.0, []
+    total, unknown, seen = 0.0, [], set()
     for p in todo:
+        if (p.compute_key or p.key) in seen:
+            continue  # the same picture as a cell before it: not computed again
+        seen.add(p.compute_key or p.key)
         kind = _kind(p, device, dtype)
         rate = seconds_per_step(*kind, data=data)
         steps = _steps(spec, p)
@@ -219,10 +259,11 @@ def _calibrate(spec, todo, device, dtype) -> None:
         call = call_for(pipe, p)
         if "strength" in call:
             call["strength"] = 1.0  # all of the steps below run
-        run_cell(pipe, {**call, "num_inference_steps": 1}, p.cell.seed)  # warm-up
-        start = time.perf_counter()
-        run_cell(pipe, {**call, "num_inference_steps": 2}, p.cell.seed)
-        seconds = time.perf_counter() - start
+        with quiet_progress(pipe):
+            run_cell(pipe, {**call, "num_inference_steps": 1}, p.cell.seed)  # warm-up
+            start = time.perf_counter()
+            run_cell(pipe, {**call, "num_inference_steps": 2}, p.cell.seed)
+            seconds = time.perf_counter() - start
         record_rows([{"model": kind[0], "width": kind[1], "height": kind[2], "device": device, "dtype": dtype,
                       "seconds": seconds, "effective_steps": 2, "status": "ok"}])
         data = read_timings()
@@ -268,7 +309,7 @@ def _bytes_per_pixel(out_dir, table) -> float:
     return sizes / pixels if pixels else BYTES_PER_PIXEL
 
 
-def _grid(spec, prepared, cell_size: int) -> tuple | None:
+def _grid(spec, prepared, cell_size: int) -> GridPlan | None:
     """The sweep's grid: x and y from the swept axes (strength x guidance_scale first), z the
     next; its pixel size as `grid_image` would draw it, and the axis to split it by."""
     swept = list(spec.swept)
@@ -285,7 +326,7 @@ def _grid(spec, prepared, cell_size: int) -> tuple | None:
     width, height = grid_pixel_size(counts[x], counts[y] if y else 1, counts[z] if z else 1, image_size=size,
                                     cell_size=cell_size, n_inits=n_inits)
     split = (rest or ([z] if z else []) or [None])[0]
-    return (x, y, z, width, height, split)
+    return GridPlan(x, y, z, width, height, split)
 
 
 def _duration(seconds: float) -> str:

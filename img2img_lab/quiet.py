@@ -48,6 +48,11 @@ CALL_WARNING_NOISE = (
 ADAPTER_LOG_NOISE = (
     re.compile(r"^No LoRA keys associated to \w+ found with the prefix="),
     re.compile(r"^There are modules in \w+ that should be kept in float32"),  # load_ip_adapter's own .to()
+    # transformers' loading report of a text encoder given a second LoRA: the first one's weights,
+    # which that file doesn't hold, listed as "MISSING"; and diffusers' line before a load error
+    # (the sweep raises its own, naming the LoRA and the model)
+    re.compile(r"^(\x1b\[[0-9;]*m)?\w+ LOAD REPORT"),
+    re.compile(r"^Loading \w+ was unsuccessful with the following error"),
 )
 ADAPTER_WARNING_NOISE = (
     (r"Already found a `peft_config` attribute in the model", UserWarning),

@@ -25,7 +25,8 @@ BOOKKEEPING_COLUMNS = frozenset(
         "created", "scheduler_class", "offload", "attention", "vae_slicing", "vae_tiling", "compile", "image_requested",
         "exact", "threads", "batched", "pipeline_defaults", "not_applied",
         # what the adapter axes loaded: the files' hashes, the weights set_adapters got, the reference picture
-        "lora_weights", "lora_sha256", "ip_adapter_sha256", "ip_adapter_image_hash", "ip_adapter_image_path",
+        "lora_weights", "lora_sha256", "lora_files", "ip_adapter_sha256", "ip_adapter_file", "ip_adapter_image_hash",
+        "ip_adapter_image_path", "same_image_as",
     }
 )
 _THUMB = 64  # px: longest side of a row's thumbnail in the notebook table

@@ -14,16 +14,17 @@ from __future__ import annotations
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .adapters import AdapterSwitch, check_support, resolve_ip_adapter, resolve_lora
+from .adapters import AdapterSwitch, check_source, check_support, lora_sources, resolve_ip_adapter
 from .cells import lora_label
 from .control import prepare_control_image
 from .errors import ValidationError
+from .frozen import FrozenDict
 from .families import family_of
 from .images import image_hash, load_image
 from .knobs import check_knobs, known_class, resolve_call
@@ -50,6 +51,7 @@ class Prepared:
     key: str
     row: dict = field(default_factory=dict)
     reference: object = None  # the IP-Adapter's reference picture (PIL), for cells with one
+    compute_key: str = ""  # cells with the same one give the same pixels: computed once per run
 
 
 def as_spec(spec):
@@ -227,13 +229,23 @@ def prepare_cells(spec, store: SweepStore, dtype: str, notes: list | None = None
         extra = {}
         reference = None
         if cell.ip_adapter_image is not None:  # the IP-Adapter's reference picture: stored and hashed like the init image
-            reference, ref_digest, ref_rel, ref_loaded = picture(cell.ip_adapter_image, cell.model)
+            try:
+                reference, ref_digest, ref_rel, ref_loaded = picture(cell.ip_adapter_image, cell.model)
+            except ValidationError as exc:  # the reference picture's own argument, not the init image's
+                raise ValidationError(str(exc).replace("`image`", "`ip_adapter_image`", 1)) from None
             if cell.ip_adapter is None:
                 reference = None  # the base model's cell of an IP-Adapter axis: recorded, not passed
             extra = {"ip_adapter_image": str(ref_loaded) if not hasattr(ref_loaded, "size") else
                      f"<{type(ref_loaded).__name__}>", "ip_adapter_image_hash": ref_digest,
                      "ip_adapter_image_path": ref_rel}
         key = cell.key(digest, dtype, extra.get("ip_adapter_image_hash"))
+        # what the pixels depend on: without labels, and without an adapter's settings where the
+        # cell has no adapter (the base model at each lora_scale is one computation)
+        same = replace(cell, labels=FrozenDict(),
+                       lora_scale=cell.lora_scale if cell.lora is not None else None,
+                       ip_adapter_scale=cell.ip_adapter_scale if cell.ip_adapter is not None else None,
+                       ip_adapter_image=cell.ip_adapter_image if cell.ip_adapter is not None else None)
+        compute_key = same.key(digest, dtype, extra.get("ip_adapter_image_hash") if cell.ip_adapter else None)
         row = {
             "key": key,
             "model": str(cell.model),
@@ -250,7 +262,7 @@ def prepare_cells(spec, store: SweepStore, dtype: str, notes: list | None = None
             **{k: v for k, v in cell.call.items() if k != "image"},
         }
         row["effective_steps"] = effective_steps(cell.call)
-        prepared.append(Prepared(cell, image, digest, key, row, reference))
+        prepared.append(Prepared(cell, image, digest, key, row, reference, compute_key))
     return prepared
 
 
@@ -356,20 +368,24 @@ def group_cells(items: list, cell_of=lambda item: item) -> dict:
     return {key: groups[key] for key in order}
 
 
-def count_loads(cells) -> dict:
-    """What running these spec cells loads, in `group_cells` order (what `SpecExecutor.loads`
-    counts as it runs): models, LoRAs (once per model each), IP-Adapters (each change within a
-    model) and schedulers (set per group of cells that names one, the model's own back after)."""
+def count_loads(prepared) -> dict:
+    """What running these prepared cells loads, in `group_cells` order, as `SpecExecutor` runs them
+    (a cell giving the same pixels as an earlier one is not run): models, LoRAs (each once per
+    model), IP-Adapters (each change within a model) and schedulers (set per group of cells that
+    names one, the model's own back after). This is what the executor's `loads` counts."""
     loads = {"model": 0, "lora": 0, "ip_adapter": 0, "scheduler": 0}
-    models, loras, ip_now = set(), set(), {}
-    for (model, *_), group in group_cells(list(cells)).items():
-        cell = group[0]
+    models, loras, ip_now, seen = set(), set(), {}, set()
+    for (model, *_), group in group_cells(list(prepared), lambda p: p.cell).items():
+        runs = [p for p in group if (p.compute_key or p.key) not in seen]
+        seen.update(p.compute_key or p.key for p in group)
+        if not runs:
+            continue
+        cell = runs[0].cell
         if model not in models:
             models.add(model)
             loads["model"] += 1
-        for source, _ in cell.lora or ():
-            if (model, source) not in loras:
-                loras.add((model, source))
+            for source in lora_sources([p.cell for p in prepared if str(p.cell.model) == model]):
+                loras.add((model, source))  # all of a model's LoRAs load before its first cell
                 loads["lora"] += 1
         if cell.ip_adapter is not None and ip_now.get(model) != cell.ip_adapter:
             loads["ip_adapter"] += 1
@@ -377,6 +393,11 @@ def count_loads(cells) -> dict:
         if cell.scheduler is not None:  # set for its group, the model's own back afterwards
             loads["scheduler"] += 1
     return loads
+
+
+def same_image_count(prepared) -> int:
+    """How many of these cells give the same pixels as another one (computed once by the run)."""
+    return len(prepared) - len({p.compute_key or p.key for p in prepared})
 
 
 class SpecExecutor:
@@ -391,6 +412,7 @@ class SpecExecutor:
         self.skipped: dict = {}  # model -> arguments of the spec it doesn't take (knobs.check_knobs)
         self.pipes: dict = {}  # model -> its pipeline, loaded once per sweep
         self.loads: dict = {"model": 0, "lora": 0, "ip_adapter": 0, "scheduler": 0}
+        self.switches: dict = {}  # model -> its AdapterSwitch (LoRAs, IP-Adapter), while its cells run
 
     def groups(self, todo: list[Todo]) -> dict:
         """The cells to run per `load_order` key, in cost order (see `group_cells`)."""
@@ -420,39 +442,60 @@ class SpecExecutor:
             configs[model] = getattr(pipe, "config", None)
         check_support(cells)
         self.skipped = check_knobs(calls, configs)
+        allow_pickle = bool(self.options.get("allow_pickle"))
+        for model, (_, model_cells) in cells.items():  # every adapter found, every LoRA loaded once
+            for cell in model_cells:
+                for source, _ in cell.lora or ():
+                    check_source("lora", source)
+                if cell.ip_adapter is not None:
+                    check_source("ip_adapter", cell.ip_adapter)
+                    resolve_ip_adapter(cell.ip_adapter, allow_pickle=allow_pickle)
+            sources = lora_sources(model_cells)
+            if sources or any(c.ip_adapter is not None for c in model_cells):
+                switch = self.switches.setdefault(model, AdapterSwitch(self.pipeline(model), model,
+                                                                       allow_pickle=allow_pickle))
+                switch.preload(sources)  # a LoRA that doesn't fit its model fails here, before any cell
+        self._count_adapter_loads()
         for key, items in groups.items():
-            model = key[0]
-            pipe = self.pipeline(model)
-            for item in items:  # every adapter file is found before any cell runs
-                for source, _ in item.work.cell.lora or ():
-                    resolve_lora(source, allow_pickle=bool(self.options.get("allow_pickle")))
-                if item.work.cell.ip_adapter is not None:
-                    resolve_ip_adapter(item.work.cell.ip_adapter, allow_pickle=bool(self.options.get("allow_pickle")))
+            pipe = self.pipeline(key[0])
             check_call_keys(pipe, [item.work for item in items])
             for note in rounding_notes(pipe, [item.work for item in items]):
                 if note not in said:
                     said.add(note)
                     print(note)
 
+    def _count_adapter_loads(self) -> None:
+        self.loads["lora"] = sum(s.loads["lora"] for s in self.switches.values())
+        self.loads["ip_adapter"] = sum(s.loads["ip_adapter"] for s in self.switches.values())
+
     def run(self, todo: list[Todo], progress: Progress):
         state = distributed_state()
         if state.num_processes > 1 and "device" not in self.options:
             self.options["device"] = str(state.device)  # one device per process
         groups = self.groups(todo)
-        self.check(groups)  # loads each model once (kept for the run below)
-        switches: dict = {}  # model -> its AdapterSwitch, while its cells run
+        # cells that give the same pixels as an earlier one (the base model at each lora_scale) are
+        # not run again: each takes the image of the first, said in its row (`same_image_as`)
+        first: dict = {}
+        twins: dict = {}
+        for items in groups.values():
+            for item in items:
+                ref = item.work.compute_key or item.key
+                if ref in first:
+                    twins.setdefault(ref, []).append(item)
+                else:
+                    first[ref] = item
+        runs = {k: [i for i in items if first[i.work.compute_key or i.key] is i] for k, items in groups.items()}
         try:
-            for key, items in groups.items():
+            self.check(groups)  # loads each model and its LoRAs once (kept for the run below)
+            for key, items in runs.items():
+                if not items:
+                    continue
                 model, scheduler = key[0], key[-1]
                 pipe = self.pipeline(model)
                 cell = items[0].work.cell
-                adapter_fields = {}
-                if cell.lora is not None or cell.ip_adapter is not None or model in switches:
-                    switch = switches.setdefault(model, AdapterSwitch(
-                        pipe, model, allow_pickle=bool(self.options.get("allow_pickle"))))
-                    adapter_fields = switch.use(cell)
-                    self.loads["lora"] = sum(s.loads["lora"] for s in switches.values())
-                    self.loads["ip_adapter"] = sum(s.loads["ip_adapter"] for s in switches.values())
+                switch = self.switches.get(model)
+                adapter_fields = switch.use(cell) if switch is not None else {}
+                self._count_adapter_loads()
                 if scheduler is not None:
                     self.loads["scheduler"] += 1
                 base = _pipe_row(pipe, model)  # a passed pipe was checked to be this model
@@ -467,9 +510,14 @@ class SpecExecutor:
                         row = {**base, **adapter_fields, "batched": engine,
                                **knob_row(pipe, p, self.skipped.get(model, ()))}
                         yield Outcome(cells[id(p)], image, status, error, seconds, batch_size, row)
+                        for twin in twins.pop(p.compute_key or p.key, []):
+                            twin_row = {**row, **knob_row(pipe, twin.work, self.skipped.get(model, ())),
+                                        "same_image_as": p.key}
+                            yield Outcome(twin, image, status, error, 0.0, batch_size, twin_row)
         finally:
-            for switch in switches.values():  # the cached pipelines are their base models again
+            for switch in self.switches.values():  # the cached pipelines are their base models again
                 switch.release()
+            self.switches.clear()
 
 
 def _group_label(model: str, cell) -> str:

@@ -127,13 +127,17 @@ class SweepSpec:
             4 LCM). Every cell must run at least one
             denoising step: `int(num_inference_steps * strength) >= 1`.
         scheduler: a name from `SCHEDULER_NAMES`, or None (default) for the model's own.
-        lora: LoRAs to load into the model (diffusers' `load_lora_weights`, then `set_adapters`):
-            each value None (the base model, default), a source (hub id, `owner/name/file.safetensors`,
-            folder, `.safetensors` file, `tiny/sd15-lora`), or several at once: a list of sources, or a
-            mapping source -> weight. A list of such values is an axis: `[null, a, [a, b]]`. Each
-            LoRA is loaded once per model; switching between cells does not reload the model.
+        lora: LoRAs to load into the model (diffusers' `load_lora_weights`, then `set_adapters`).
+            Like every axis, a list is one cell per item: `lora: [null, a, b]` is the base model,
+            then LoRA a, then LoRA b. An item is None (`null` in YAML, or "none": the base model,
+            the default), a source (hub id, `owner/name/file.safetensors`, folder, `.safetensors`
+            file, `tiny/sd15-lora`), or several LoRAs at once: a list of sources inside the list
+            (`[[a, b]]`) or a mapping source -> weight (`{a: 0.8, b: 0.5}`). Each LoRA is loaded
+            once per model, before its first cell; switching between cells does not reload the model.
         lora_scale: a number multiplying every LoRA's weight (0 gives the base model's image),
-            or a mapping source -> scale per LoRA; default None: the weights as given (1.0).
+            or a mapping source -> scale per LoRA; default None: the weights as given (1.0). The
+            base model's cells (lora None) do not depend on it: each scale's base cell is the same
+            picture, computed once (its row says `same_image_as`).
         ip_adapter: an IP-Adapter (diffusers' `load_ip_adapter`): a folder or `.safetensors`/`.bin`
             file with an `image_encoder/` folder beside it, `owner/name/sub/file.safetensors` on the
             Hub, or `tiny/sd15-ip-adapter`; default None.
@@ -144,7 +148,8 @@ class SweepSpec:
             prompt_2, negative prompts) where it occurs; the first term must occur in one of them.
         variants: named groups of arguments as one axis with readable labels, e.g.
             `{"soft": {"strength": 0.3, "guidance_scale": 4}, "strong": {"strength": 0.8}}`: each
-            variant sets axes or call keywords (one value each) that the spec does not sweep.
+            variant sets axes or call keywords (one value each) that the spec does not sweep; a
+            value it sets replaces the spec's single value for that variant's cells.
         params: any other keyword of the pipeline call (see `call_parameters`), fixed or swept,
             e.g. `{"eta": 0.0, "controlnet_conditioning_scale": [0.5, 1.0]}`. They may also be
             given flat, as in YAML: `SweepSpec(..., eta=0.0, offload="model")` routes call keywords
@@ -282,8 +287,10 @@ class SweepSpec:
                 raise ValidationError(f"`{key}` is set but `ip_adapter` is not: name an IP-Adapter "
                                       f"(e.g. ip_adapter: tiny/sd15-ip-adapter), or drop {key}")
         if adapters and None in self._variant_values("ip_adapter_image"):
-            raise ValidationError(f"`ip_adapter`={adapters[0]!r} needs a reference picture: set `ip_adapter_image` "
-                                  f"(a sample name, path or URL, or a list of them to sweep)")
+            setters = [name for name, args in (v for v in self.variants if v is not None) if "ip_adapter" in args]
+            where = f" (set by variant {setters[0]!r})" if setters and self.ip_adapter == (None,) else ""
+            raise ValidationError(f"`ip_adapter`={adapters[0]!r}{where} needs a reference picture: set "
+                                  f"`ip_adapter_image` (a sample name, path or URL, or a list of them to sweep)")
 
     def _prompt_texts(self) -> list[str]:
         texts = []
@@ -311,10 +318,11 @@ class SweepSpec:
             name, args = variant
             clash = sorted(set(args) & swept)
             if clash:
+                values = getattr(self, clash[0]) if clash[0] in AXES else self.params.get(clash[0], ())
+                shown = [lora_plain(v) for v in values] if clash[0] == "lora" else [plain(v) for v in values]
                 raise ValidationError(
-                    f"`variants` {name!r} sets `{clash[0]}`, which the spec also sweeps over "
-                    f"{list(getattr(self, clash[0], self.params.get(clash[0], ())))!r}: a variant may set only "
-                    f"arguments with one value in the spec (move `{clash[0]}` into every variant instead)"
+                    f"`variants` {name!r} sets `{clash[0]}`, which the spec also sweeps over {shown!r}: a variant "
+                    f"may set only arguments with one value in the spec (move `{clash[0]}` into every variant instead)"
                 )
 
     def _check_effective_steps(self):

@@ -53,7 +53,8 @@ def record_rows(rows) -> None:
     new: dict = {}
     for row in rows:
         steps, seconds = row.get("effective_steps"), row.get("seconds")
-        if row.get("status") != OK or not _number(steps) or not _number(seconds) or steps < 1:
+        if row.get("status") != OK or not _number(steps) or not _number(seconds) or steps < 1 \
+                or isinstance(row.get("same_image_as"), str):  # another cell's image: it took no time
             continue
         if not (_number(row.get("width")) and _number(row.get("height"))):
             continue

@@ -499,7 +499,7 @@ def _loras(key, value) -> list:
     1 each) or a mapping source -> weight; stored as a tuple of (source, weight) pairs."""
     out = []
     for item in _items(key, value):
-        if item is None:
+        if item is None or _is_none_text(item):
             out.append(None)
             continue
         if isinstance(item, Mapping):
@@ -545,7 +545,13 @@ def _one(key, values: list):
 
 
 def _ip_adapters(key, value) -> list:
-    return [None if item is None else _source(key, item) for item in _items(key, value)]
+    return [None if item is None or _is_none_text(item) else _source(key, item) for item in _items(key, value)]
+
+
+def _is_none_text(item) -> bool:
+    """"none" / "None" / "null" as an adapter source: the base model, as `--lora none` writes it
+    (YAML reads only `null` and `~` as None)."""
+    return isinstance(item, str) and item.strip().lower() in ("none", "null")
 
 
 @_or_default

@@ -52,7 +52,7 @@ _TD_STYLE = "text-align:left;vertical-align:top;padding:1px 0;white-space:pre-wr
 _ALWAYS_SHOWN = ("model", "prompt")
 # Folded under "run details" in the parameter table.
 _RUN_DETAILS = ("status", "key", "width", "height", "pipeline_class", "scheduler_class", "dtype", "device",
-                "seconds", "batch_size", "image_requested")
+                "seconds", "batch_size", "image_requested", "lora_sha256", "ip_adapter_sha256", "same_image_as")
 # DOM classes, for styling and for the browser tests.
 CSS = {
     "root": "img2img-lab-explorer",
@@ -154,8 +154,9 @@ def _adapter_lines(row) -> list[str]:
     """The LoRAs and the IP-Adapter of the row, loaded and set as the runner did."""
     lines = []
     weights = _plain(row.get("lora_weights"))
+    files = _plain(row.get("lora_files"))
     if isinstance(weights, str) and weights:
-        lines += lora_code(json.loads(weights))
+        lines += lora_code(json.loads(weights), json.loads(files) if isinstance(files, str) and files else None)
     ip_adapter = _plain(row.get("ip_adapter"))
     if isinstance(ip_adapter, str) and ip_adapter:
         scale = _plain(row.get("ip_adapter_scale"))
@@ -259,7 +260,8 @@ def reproduction_note(row) -> list[str]:
     if is_null(engine):  # tables written before the `batched` column: a batch of more than one
         engine = not is_null(batch) and int(batch) > 1
     threads = _plain(row.get("threads"))
-    at = f" with {int(threads)} CPU threads (torch.get_num_threads())" if not is_null(threads) else ""
+    at = (f" with {int(threads)} CPU thread{'s' if int(threads) != 1 else ''} (torch.get_num_threads())"
+          if not is_null(threads) else "")
     if engine is True:
         size = f"in a batch of {int(batch)}" if not is_null(batch) else "batched"
         return [f"# This cell ran {size}: this code gives its image within {BATCHED_TOLERANCE} 8-bit level per pixel",

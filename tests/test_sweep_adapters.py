@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import img2img_lab as lab
@@ -188,8 +187,12 @@ def test_an_adapter_on_a_family_without_one_is_refused_before_loading(tmp_path, 
                                               r"ones are .*\(did you mean 'tiny/sd15-lora'\?\)"):
         lab.SweepSpec(**BASE, lora="tiny/sd15-loras")
     missing = tmp_path / "nowhere.safetensors"
-    with pytest.raises(ValidationError, match=r"`lora` .*nowhere.safetensors' is neither a file nor a folder here"):
-        lab.run_sweep(lab.SweepSpec(**BASE, lora=str(missing)), tmp_path / "y", progress=False)
+    for source in (str(missing), "loras/nowhere.safetensors"):  # never taken for a Hub repo (no network asked)
+        with pytest.raises(ValidationError, match=r"`lora` '.*nowhere.safetensors': no such file or folder "
+                                                  r"\(looked for /.*nowhere.safetensors\)"):
+            lab.plan(lab.SweepSpec(**BASE, lora=source))
+        with pytest.raises(ValidationError, match=r"no such file or folder"):
+            lab.run_sweep(lab.SweepSpec(**BASE, lora=source), tmp_path / "y", progress=False)
 
 
 def test_ip_adapter_axes(tmp_path):
@@ -276,7 +279,7 @@ def test_the_lora_and_prompt_sr_specs_run_on_the_tiny_twins(tmp_path):
     assert [c.call["prompt"].split(",")[0] for c in sr.cells()][::2] == [
         "Astronaut in a jungle", "Astronaut in a desert", "Astronaut in a city at night", "Astronaut in a snowfield"]
     plan = lab.plan(sr.replace(model="tiny/sd15", image="cat"))
-    assert plan.todo == 8 and plan.grid[:3] == ("strength", "prompt_sr", None)
+    assert plan.todo == 8 and (plan.grid.x, plan.grid.y, plan.grid.z) == ("strength", "prompt_sr", None)
 
 
 def test_a_tiny_adapter_is_not_a_model():
@@ -345,3 +348,59 @@ def test_variants_survive_replace_and_yaml():
     assert [c.lora for c in spec.cells()] == [(("tiny/sd15-lora", 1.0),),
                                               (("tiny/sd15-lora", 1.0), ("./other.safetensors", 1.0)),
                                               (("tiny/sd15-lora", 0.5),)]
+
+
+def test_a_lora_for_another_model_is_refused_before_any_cell_runs(tmp_path, capfd):
+    with pytest.raises(ValidationError, match=r"`lora` 'tiny/sdxl-lora' is made for 'tiny/sdxl', not for model "
+                                              r"'tiny/sd15'"):
+        lab.plan(lab.SweepSpec(**BASE, lora="tiny/sdxl-lora"))
+    # the same file under a path: found by loading it, before any cell runs, in one line
+    folder = tmp_path / "sdxl-lora"
+    __import__("shutil").copytree(tiny_model_path("tiny/sdxl-lora"), folder)
+    spec = lab.SweepSpec(**BASE, lora=[None, str(folder)])
+    capfd.readouterr()
+    with pytest.raises(ValidationError, match=r"`lora` '.*sdxl-lora' can't be loaded into model 'tiny/sd15' "
+                                              r"\(StableDiffusionImg2ImgPipeline\): .*another base model\?"):
+        lab.run_sweep(spec, tmp_path / "run", progress=False)
+    assert "size mismatch" not in capfd.readouterr().err  # diffusers' own report is not printed
+    assert not list((tmp_path / "run" / "images").glob("*.png"))  # not even the base cell ran
+    assert lab.load_sweep(tmp_path / "run").df.empty
+    pipe = lab.load_pipeline("tiny/sd15")  # and the cached pipeline is the base model still
+    assert not any("lora" in name for name, _ in pipe.unet.named_modules())
+
+
+def test_none_as_text_is_the_base_model_and_reference_errors_name_their_argument(tmp_path):
+    assert lab.SweepSpec(**BASE, lora=["none", "tiny/sd15-lora"]).lora == (None, (("tiny/sd15-lora", 1.0),))
+    spec = lab.SweepSpec(**BASE, ip_adapter="tiny/sd15-ip-adapter", ip_adapter_image=str(tmp_path / "nope.png"))
+    with pytest.raises(ValidationError, match=r"^`ip_adapter_image` file does not exist"):
+        lab.run_sweep(spec, tmp_path / "run", progress=False)
+
+
+def test_two_loras_load_without_noise(tmp_path, capfd, second_lora):
+    capfd.readouterr()
+    spec = lab.SweepSpec(**BASE, lora=[None, "tiny/sd15-lora", second_lora])
+    lab.run_sweep(spec, tmp_path, progress=False)
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "MISSING" not in err and "peft_config" not in err, err
+
+
+def test_the_base_model_at_each_lora_scale_is_computed_once(lora_sweep):
+    spec, result, _ = lora_sweep
+    df = result.df
+    base = df[df["lora"].isna()]
+    assert len(base) == 2 and base["same_image_as"].notna().sum() == 1
+    twin = base[base["same_image_as"].notna()].iloc[0]
+    assert twin["same_image_as"] in set(base["key"]) and twin["seconds"] == 0.0
+    assert lab.plan(spec).same_image == 1 and "1 of them the same picture as another cell" in str(lab.plan(spec))
+
+
+def test_an_exact_snippet_of_several_loras_is_bit_for_bit(tmp_path, second_lora):
+    spec = lab.SweepSpec(**BASE, lora=[None, second_lora, {"tiny/sd15-lora": 0.7, second_lora: 0.3}],
+                         lora_scale=[0.5, 1.0], exact=True)
+    result = lab.run_sweep(spec, tmp_path, progress=False)
+    i = int(np.flatnonzero(result.df["lora"].str.contains(" + ", regex=False).fillna(False))[-1])
+    code = code_snippet(result, i)
+    assert "cache=False" in code and repr(str(__import__("pathlib").Path(second_lora).parent)) in code
+    scope: dict = {}
+    exec(code, scope)
+    assert np.array_equal(np.asarray(scope["image"]), pixels(result, i))
