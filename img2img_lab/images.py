@@ -133,7 +133,7 @@ def load_image(src, size=None) -> Image.Image:
             try:
                 image = diffusers_load_image(text)
             except Exception as exc:  # requests errors, offline, 404 ...
-                raise ValidationError(f"`image` URL could not be fetched: {text!r} ({exc})") from None
+                raise ValidationError(f"`image` URL could not be fetched: {text!r} ({short_reason(exc)})") from None
         else:
             image = _from_path(Path(text).expanduser())
     elif hasattr(src, "detach") and hasattr(src, "cpu"):  # a torch tensor
@@ -177,3 +177,16 @@ def image_hash(image: Image.Image) -> str:
     h.update(f"{image.mode}:{image.width}x{image.height}:".encode())
     h.update(image.tobytes())
     return h.hexdigest()[:16]
+
+
+def short_reason(exc: BaseException) -> str:
+    """Why a download failed, in a few words: "no network (the host can't be resolved)" rather
+    than requests' whole nested repr; the exception's first line otherwise."""
+    text = str(exc)
+    if "NameResolutionError" in text or "Failed to resolve" in text or "Name or service not known" in text:
+        return "no network: the host can't be resolved"
+    if "Max retries exceeded" in text or "Connection refused" in text or "timed out" in text.lower():
+        return f"no connection ({type(exc).__name__})"
+    first = (text.splitlines() or [type(exc).__name__])[0]
+    return first if len(first) <= 160 else first[:157] + "..."
+

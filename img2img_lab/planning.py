@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import time
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,13 +44,13 @@ class GridPlan:
     x: str
     y: str | None
     z: str | None
-    width: int
-    height: int
+    width: int | None  # None: the init image's size is not known (not readable here)
+    height: int | None
     split_by: str | None
 
     @property
-    def megapixels(self) -> float:
-        return self.width * self.height / 1e6
+    def megapixels(self) -> float | None:
+        return None if self.width is None else self.width * self.height / 1e6
 
 
 @dataclass
@@ -58,7 +59,8 @@ class SweepPlan:
 
     Attributes:
         cells: the cells of the spec.
-        done: of them, those already finished in the folder (a run skips them).
+        done: of them, those already finished in the folder (a run skips them); None when the
+            init images could not be read here (`unread` says why), so the cells' keys are unknown.
         todo: those a run would produce.
         same_image: of `todo`, those giving the same pixels as another cell (the base model at
             each `lora_scale`): a run computes each such picture once and stores it for each cell.
@@ -67,9 +69,10 @@ class SweepPlan:
             call each), or None when the model's class is unknown before loading it.
         seconds: the estimated time of `todo`, or None when some kind of cell has no timing yet.
         unknown: the kinds of cell ("model at WxH on device dtype") without a timing.
-        disk_bytes: the estimated size of the images to write.
+        disk_bytes: the estimated size of the images to write (None: their size is unknown).
         grid: the sweep's grid (`GridPlan`), or None when nothing is swept.
         notes: what the run would say first (tiny models at their small size, a stand-in picture).
+        unread: why the init images could not be read (a URL offline), or None.
 
     Not checked by a plan: the Hub (a hub LoRA or model is found when a run fetches it).
     """
@@ -85,6 +88,7 @@ class SweepPlan:
     grid: GridPlan | None
     same_image: int = 0
     notes: list = field(default_factory=list)
+    unread: str | None = None
 
     def lines(self) -> list[tuple[str, str]]:
         """(what, value) pairs, in the order a person reads them."""
@@ -105,16 +109,21 @@ class SweepPlan:
                      f"lora_scale: computed once)")
         rows = [
             ("cells", f"{self.cells:,}"),
-            ("already done", f"{self.done:,}"),
+            ("already done", f"{self.done:,}" if self.done is not None else
+             "unknown: the init image can't be read here, so the cells' keys are unknown"),
             ("to compute", todo),
             ("loads", load_text if self.todo else "none"),
             ("images per batch", (batches or "none") if self.todo else "none"),
             ("estimated time", time_text if self.todo else "none"),
-            ("disk needed", f"about {_size(self.disk_bytes)}" if self.todo else "none"),
+            ("disk needed", ("unknown (the images' size)" if self.disk_bytes is None else
+                             f"about {_size(self.disk_bytes)}") if self.todo else "none"),
         ]
         if self.grid is not None:
             g = self.grid
             axes = " x ".join(a for a in (g.x, g.y) if a) + (f", panels by {g.z}" if g.z else "")
+            if g.width is None:
+                rows.append(("grid", f"size unknown until the init image is read ({axes})"))
+                return rows
             text = f"{g.width:,} x {g.height:,} px ({g.megapixels:.1f} MP; {axes})"
             if g.megapixels > MAX_MEGAPIXELS:
                 text += (f", past the {MAX_MEGAPIXELS} MP limit: split it with split_by={g.split_by!r}" if g.split_by
@@ -125,12 +134,12 @@ class SweepPlan:
     def __str__(self) -> str:
         width = max(len(k) for k, _ in self.lines())
         body = "\n".join(f"{k:<{width}}  {v}" for k, v in self.lines())
-        return "\n".join([*self.notes, body]) if self.notes else body
+        return "\n".join([*self.notes, *([self.unread] if self.unread else []), body])
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
                        f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in self.lines())
-        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in [*self.notes, *([self.unread] if self.unread else [])])
         return f"{notes}<table>{rows}</table>"
 
 
@@ -169,13 +178,21 @@ def plan(spec, out_dir=None, *, exact=None, batched: bool = True, max_batch_size
         if cell.ip_adapter is not None:
             check_source("ip_adapter", cell.ip_adapter)
     notes: list = []
-    prepared = prepare_cells(spec, None, run_dtype(spec, None), notes)
+    unread = None  # why the init images can't be read here (a URL offline): keys, done and sizes unknown
+    try:
+        prepared = prepare_cells(spec, None, run_dtype(spec, None), notes)
+    except ValidationError as exc:
+        if calibrate or "URL could not be fetched" not in str(exc):
+            raise
+        unread = str(exc)
+        prepared = [SimpleNamespace(cell=c, key=f"cell {i}", compute_key="", image=None)
+                    for i, c in enumerate(spec.cells())]
     # 2. what the folder has finished
     table = None
     if out_dir is not None and Path(out_dir).expanduser().is_dir():
         store = SweepStore(out_dir, create=False)
         table = store.read_table()
-    done = done_keys(table, exact=exact) if table is not None else set()
+    done = done_keys(table, exact=exact) if table is not None and unread is None else set()
     todo = [p for p in prepared if p.key not in done]
     # 3. loads, batches, time, disk, grid
     loads = count_loads(todo)
@@ -186,22 +203,25 @@ def plan(spec, out_dir=None, *, exact=None, batched: bool = True, max_batch_size
     if calibrate:
         _calibrate(spec, todo, device, dtype)
     seconds, unknown = _estimate(spec, todo, device, dtype)
-    disk = int(sum(w * h for w, h in (_size_of(p) for p in todo)) * _bytes_per_pixel(out_dir, table))
-    return SweepPlan(cells=len(prepared), done=len(prepared) - len(todo), todo=len(todo), loads=loads, batch=batch,
-                     seconds=seconds, unknown=unknown, disk_bytes=disk, grid=_grid(spec, prepared, cell_size),
-                     same_image=same, notes=notes)
+    sizes = [_size_of(p) for p in todo]
+    disk = None if None in sizes else int(sum(w * h for w, h in sizes) * _bytes_per_pixel(out_dir, table))
+    return SweepPlan(cells=len(prepared), done=None if unread else len(prepared) - len(todo), todo=len(todo),
+                     loads=loads, batch=batch, seconds=seconds, unknown=unknown, disk_bytes=disk,
+                     grid=_grid(spec, prepared, cell_size), same_image=same, notes=notes, unread=unread)
 
 
 # --------------------------------------------------------------------------------------------
 
 
-def _size_of(p) -> tuple[int, int]:
+def _size_of(p) -> tuple[int, int] | None:
     """The picture size a cell will produce: its call's height/width, else its init image's
-    (rounded down to 8, as the VAE does)."""
+    (rounded down to 8, as the VAE does); None when the init image could not be read."""
     call = p.cell.call
     width, height = call.get("width"), call.get("height")
     if width and height:
         return int(width), int(height)
+    if p.image is None:
+        return None
     w, h = p.image.size
     return int(width or w // 8 * 8), int(height or h // 8 * 8)
 
@@ -222,9 +242,9 @@ def _steps(spec, p) -> int | None:
     return effective_steps(call)
 
 
-def _kind(p, device, dtype) -> tuple:
-    width, height = _size_of(p)
-    return (str(p.cell.model), width, height, device, dtype)
+def _kind(p, device, dtype) -> tuple | None:
+    size = _size_of(p)
+    return None if size is None else (str(p.cell.model), *size, device, dtype)
 
 
 def _estimate(spec, todo, device, dtype) -> tuple[float | None, list]:
@@ -235,6 +255,11 @@ def _estimate(spec, todo, device, dtype) -> tuple[float | None, list]:
             continue  # the same picture as a cell before it: not computed again
         seen.add(p.compute_key or p.key)
         kind = _kind(p, device, dtype)
+        if kind is None:
+            text = f"{p.cell.model} at the init image's size, which is not known until it is read"
+            if text not in unknown:
+                unknown.append(text)
+            continue
         rate = seconds_per_step(*kind, data=data)
         steps = _steps(spec, p)
         if rate is None or steps is None:
@@ -322,6 +347,8 @@ def _grid(spec, prepared, cell_size: int) -> GridPlan | None:
     counts = {k: len(v) for k, v in spec.axis_values()}
     rest = ordered[3:]
     size = _size_of(prepared[0]) if prepared else (TINY_SIZE, TINY_SIZE)
+    if size is None:
+        return GridPlan(x, y, z, None, None, (rest or ([z] if z else []) or [None])[0])
     n_inits = counts.get("image", 1) if "image" in (x, y, z) else 1
     width, height = grid_pixel_size(counts[x], counts[y] if y else 1, counts[z] if z else 1, image_size=size,
                                     cell_size=cell_size, n_inits=n_inits)

@@ -404,3 +404,14 @@ def test_an_exact_snippet_of_several_loras_is_bit_for_bit(tmp_path, second_lora)
     scope: dict = {}
     exec(code, scope)
     assert np.array_equal(np.asarray(scope["image"]), pixels(result, i))
+
+
+def test_a_plan_works_offline_with_an_init_image_url():
+    spec = lab.SweepSpec(model="stable-diffusion-v1-5/stable-diffusion-v1-5", prompt="a cat",
+                         image="https://example.invalid/init.png", strength=[0.4, 0.8], lora=[None, "owner/style-lora"])
+    plan = lab.plan(spec)
+    assert (plan.cells, plan.done, plan.todo) == (4, None, 4) and plan.loads["lora"] == 1
+    assert plan.seconds is None and plan.disk_bytes is None and plan.grid.width is None
+    text = str(plan)
+    assert "`image` URL could not be fetched" in text and "already done      unknown" in text
+    assert "HTTPSConnectionPool" not in text
