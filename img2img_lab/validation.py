@@ -437,11 +437,12 @@ def _strengths(key, value) -> list:
 
 
 @_or_default
-def _guidance_scales(key, value) -> list:
+def _non_negative(key, value) -> list:
+    """Finite numbers >= 0: `guidance_scale`, `ip_adapter_scale`."""
     values = _numbers(key, value, integer=False)
     for v in values:
         if not (math.isfinite(v) and v >= 0):
-            raise ValidationError(f"`guidance_scale` must be a finite number >= 0, got {v!r}")
+            raise ValidationError(f"`{key}` must be a finite number >= 0, got {v!r}")
     return values
 
 
@@ -555,15 +556,6 @@ def _is_none_text(item) -> bool:
 
 
 @_or_default
-def _ip_adapter_scales(key, value) -> list:
-    values = _numbers(key, value, integer=False)
-    for v in values:
-        if not (math.isfinite(v) and v >= 0):
-            raise ValidationError(f"`ip_adapter_scale` must be a finite number >= 0, got {v!r}")
-    return values
-
-
-@_or_default
 def _ip_adapter_images(key, value) -> list:
     try:
         return _images(key, value)
@@ -639,13 +631,13 @@ _AXIS_VALUES = {
     "negative_prompt": lambda key, value: _texts(key, value, allow_none=True),
     "scheduler": _schedulers,
     "strength": _strengths,
-    "guidance_scale": _guidance_scales,
+    "guidance_scale": _non_negative,
     "num_inference_steps": _step_counts,
     "seed": _seeds,
     "lora": _loras,
     "lora_scale": _lora_scales,
     "ip_adapter": _ip_adapters,
-    "ip_adapter_scale": _ip_adapter_scales,
+    "ip_adapter_scale": _non_negative,
     "ip_adapter_image": _ip_adapter_images,
     "prompt_sr": _prompt_sr,
     "variants": _variants,
