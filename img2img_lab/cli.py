@@ -97,7 +97,11 @@ def _summary(result, limit: int = 20) -> str:
     with pd.option_context("display.width", 120, "display.max_columns", 12):
         text = view.to_string(index=False, max_rows=limit)
     counts = df["status"].value_counts().to_dict()
-    return f"{text}\n\n{len(df)} images: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + elsewhere
+    runs = result.meta.get("runs") or []
+    computed, skipped = (runs[-1].get("computed"), runs[-1].get("skipped")) if runs else (None, None)
+    how = f" ({computed} computed now, {skipped} already there)" if skipped else ""
+    return (f"{text}\n\n{len(df)} images: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + how
+            + elsewhere)
 
 
 def _failed(result) -> bool:

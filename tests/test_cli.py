@@ -111,4 +111,4 @@ def test_summary_lists_only_the_rows_of_the_sweep_just_run(spec_file, tmp_path, 
                  "--set", "guidance_scale=[1.0,3.0]"]) == 0
     text = capsys.readouterr().out
     assert len(text.split("\n\n")[0].splitlines()) == 1 + 4
-    assert "4 images: 4 ok; the folder holds 1 other row (results.parquet)" in text
+    assert "4 images: 4 ok (0 computed now, 4 already there); the folder holds 1 other row (results.parquet)" in text
