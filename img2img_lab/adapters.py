@@ -26,8 +26,8 @@ from .errors import ValidationError
 from .loaders import hub_unreachable_reason
 from .quiet import quiet_adapters
 from .tiny import tiny_model_path
-from .validation import pipeline_adapters, tiny_adapters
-from .vocab import PICKLE_SUFFIXES, is_tiny, looks_like_hub_id, suggest
+from .validation import check_tiny_adapter, pipeline_adapters
+from .vocab import PICKLE_SUFFIXES, is_tiny, looks_like_hub_id, tiny_adapter
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
 IP_ADAPTER_FILE = "ip_adapter.safetensors"  # the tiny IP-Adapter's file (h94/IP-Adapter names its own)
@@ -132,11 +132,7 @@ def _resolve(kind: str, source: str, *, preferred: str) -> AdapterFile:
     if not isinstance(source, str) or not source.strip():
         raise ValidationError(f"`{kind}` must be a non-empty source string, got {source!r}")
     if is_tiny(source):
-        names = tiny_adapters(kind)
-        if source not in names:
-            what = "IP-Adapter" if kind == "ip_adapter" else "LoRA"
-            raise ValidationError(f"`{kind}` {source!r} is not an embedded tiny {what}; "
-                                  f"the tiny ones are {names}{suggest(source, names)}")
+        check_tiny_adapter(kind, source)
         return _in_folder(kind, source, tiny_model_path(source), preferred)
     local = Path(source).expanduser()
     if local.is_file():
@@ -182,9 +178,7 @@ def check_source(kind: str, source: str) -> None:
     """The checks of a source that need neither the network nor a model: a tiny name is one of
     the tiny adapters, a local path exists (a Hub source is checked when it is fetched)."""
     if is_tiny(source):
-        names = tiny_adapters(kind)
-        if source not in names:
-            raise ValidationError(f"`{kind}` {source!r} is not an embedded tiny adapter; the tiny ones are {names}")
+        check_tiny_adapter(kind, source)
         return
     if not Path(source).expanduser().exists():
         where_on_hub(kind, source)
@@ -276,7 +270,7 @@ def check_support(calls: dict) -> None:
             for cell in used:  # a tiny adapter fits its own tiny model only
                 value = getattr(cell, kind)
                 for source in ([value] if isinstance(value, str) else [s for s, _ in value]):
-                    base = tiny_base(source)
+                    base = (tiny_adapter(source) or (None, None))[1]
                     if base is not None and is_tiny(model) and base != model:
                         raise ValidationError(f"`{kind}` {source!r} is made for {base!r}, not for model {model!r}: "
                                               f"use it with `model: {base}`")
@@ -284,14 +278,6 @@ def check_support(calls: dict) -> None:
 
 # --------------------------------------------------------------------------------------------
 # switching on one pipeline
-
-
-def tiny_base(source: str) -> str | None:
-    """The tiny model a tiny adapter is made for (`tiny/sd15-lora` -> `tiny/sd15`), else None."""
-    for suffix in ("-lora", "-ip-adapter"):
-        if is_tiny(source) and source.endswith(suffix):
-            return source.removesuffix(suffix)
-    return None
 
 
 def adapter_name(source: str) -> str:
@@ -422,6 +408,19 @@ class AdapterSwitch:
             self.ip_adapter = None
         self.state = None
         batched.clear_prompt_cache()
+
+
+def check_sources(cells, *, allow_pickle: bool | None = None) -> None:
+    """`check_source` once per distinct LoRA and IP-Adapter source of these cells; with
+    `allow_pickle` given, each IP-Adapter is also found (`resolve_ip_adapter`; its folder must
+    hold an image encoder). No network for Hub sources, no model."""
+    ip_adapters = list(dict.fromkeys(c.ip_adapter for c in cells if c.ip_adapter is not None))
+    for source in lora_sources(cells):
+        check_source("lora", source)
+    for source in ip_adapters:
+        check_source("ip_adapter", source)
+        if allow_pickle is not None:
+            resolve_ip_adapter(source, allow_pickle=allow_pickle)
 
 
 def lora_sources(cells) -> list[str]:

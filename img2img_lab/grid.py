@@ -971,10 +971,15 @@ def grid_image(
     return SplitGrids(split_by, ((p.value, im) for p, im in zip(parts, images)), {p.value: p.title for p in parts})
 
 
-def _check_image_limits(cell_size, max_megapixels, max_side, max_cells) -> None:
-    """`grid_image`'s sizes and limits, or a `ValidationError` naming the bad one."""
+def check_cell_size(cell_size) -> None:
+    """A grid's `cell_size` (the thumbnail's longest side): an int of at least 16 px."""
     if not isinstance(cell_size, int) or isinstance(cell_size, bool) or cell_size < 16:
         raise ValidationError(f"`cell_size` must be an int of at least 16 pixels, got {cell_size!r}")
+
+
+def _check_image_limits(cell_size, max_megapixels, max_side, max_cells) -> None:
+    """`grid_image`'s sizes and limits, or a `ValidationError` naming the bad one."""
+    check_cell_size(cell_size)
     _check_megapixels(max_megapixels)
     _check_count("max_side", max_side, 16, allow_none=False)
     _check_count("max_cells", max_cells, 1)
@@ -1205,6 +1210,7 @@ def grid_pixel_size(nx: int, ny: int = 1, nz: int = 1, *, image_size: tuple[int,
         >>> grid_pixel_size(4, 3, image_size=(512, 512), cell_size=256)
         (1404, 882)
     """
+    check_cell_size(cell_size)
     for name, value in (("nx", nx), ("ny", ny), ("nz", nz), ("n_inits", n_inits)):
         _check_count(name, value, 0 if name == "n_inits" else 1, allow_none=False)
     layout = GridLayout(x=x, y=y, z=z if nz > 1 else None, x_values=[None] * nx, y_values=[None] * ny,

@@ -36,10 +36,12 @@ from .vocab import (
     PICKLE_SUFFIXES,
     SCHEDULER_NAMES,
     SINGLE_FILE_SUFFIXES,
+    TINY_ADAPTER_SUFFIXES,
     is_tiny,
     looks_like_hub_id,
     looks_like_path,
     suggest,
+    tiny_adapter,
 )
 
 
@@ -155,11 +157,11 @@ def resolve_model(model) -> tuple[str, str]:
     if not isinstance(model, str) or not model.strip():
         raise ValidationError(f"`model` must be a hub id, a local path or a tiny model name, got {model!r}")
     if is_tiny(model):
-        for suffix, key, what in (("-lora", "lora", "LoRA"), ("-ip-adapter", "ip_adapter", "IP-Adapter")):
-            if model in TINY_MODELS and model.endswith(suffix):
-                base = model.removesuffix(suffix)
-                raise ValidationError(f"`model` {model!r} is a tiny {what}, not a model: load it "
-                                      f"into its base, e.g. `model: {base}` with `{key}: {model}`")
+        adapter = tiny_adapter(model) if model in TINY_MODELS else None
+        if adapter is not None:
+            kind, base = adapter
+            raise ValidationError(f"`model` {model!r} is a tiny {TINY_ADAPTER_SUFFIXES[kind][1]}, not a model: load it "
+                                  f"into its base, e.g. `model: {base}` with `{kind}: {model}`")
         if model not in TINY_MODELS:
             shared = next((e for e in entries() if e.tiny and e.load and model == f"tiny/{e.key}"), None)
             if shared is not None:  # a key-table row that shares another row's twin

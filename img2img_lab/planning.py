@@ -17,10 +17,10 @@ from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import check_source
+from .adapters import check_sources
 from .errors import ValidationError
 from .families import family_of_class
-from .grid import MAX_MEGAPIXELS, grid_pixel_size
+from .grid import MAX_MEGAPIXELS, check_cell_size, grid_pixel_size
 from .knobs import known_class
 from .loaders import load_pipeline, validate_options
 from .loop import done_keys, resolve_exact
@@ -166,17 +166,13 @@ def plan(spec, out_dir=None, *, exact=None, batched: bool = True, max_batch_size
     """
     # 1. the cells and their keys, as run_sweep would compute them (no model, nothing written)
     spec = as_spec(spec)
-    check_cell_size(cell_size)
+    check_cell_size(cell_size)  # before the init images are read
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValidationError(f"`max_batch_size` must be an int >= 1, got {max_batch_size!r}")
     exact = resolve_exact(exact, getattr(spec, "exact", False))
     validate_options(dict(spec.options))
     check_knobs_before_loading(spec)  # what a run refuses before loading, the plan refuses too
-    for cell in spec.cells():  # adapter files on this machine (the Hub's are found when fetched)
-        for source, _ in cell.lora or ():
-            check_source("lora", source)
-        if cell.ip_adapter is not None:
-            check_source("ip_adapter", cell.ip_adapter)
+    check_sources(spec.cells())  # adapter files on this machine (the Hub's are found when fetched)
     notes: list = []
     unread = None  # why the init images can't be read here (a URL offline): keys, done and sizes unknown
     try:
@@ -372,8 +368,3 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
-
-
-def check_cell_size(cell_size) -> None:
-    if not isinstance(cell_size, int) or isinstance(cell_size, bool) or cell_size < 16:
-        raise ValidationError(f"`cell_size` must be an int of at least 16 pixels, got {cell_size!r}")

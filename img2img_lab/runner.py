@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .adapters import AdapterSwitch, check_source, check_support, lora_sources, resolve_ip_adapter
+from .adapters import AdapterSwitch, check_sources, check_support, lora_sources
 from .cells import lora_label
 from .control import prepare_control_image
 from .errors import ValidationError
@@ -444,12 +444,7 @@ class SpecExecutor:
         self.skipped = check_knobs(calls, configs)
         allow_pickle = bool(self.options.get("allow_pickle"))
         for model, (_, model_cells) in cells.items():  # every adapter found, every LoRA loaded once
-            for cell in model_cells:
-                for source, _ in cell.lora or ():
-                    check_source("lora", source)
-                if cell.ip_adapter is not None:
-                    check_source("ip_adapter", cell.ip_adapter)
-                    resolve_ip_adapter(cell.ip_adapter, allow_pickle=allow_pickle)
+            check_sources(model_cells, allow_pickle=allow_pickle)
             sources = lora_sources(model_cells)
             if sources or any(c.ip_adapter is not None for c in model_cells):
                 switch = self.switches.setdefault(model, AdapterSwitch(self.pipeline(model), model,

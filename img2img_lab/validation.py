@@ -29,7 +29,8 @@ from .errors import ValidationError
 from .families import call_pipelines, family_of, tiny_models
 from .frozen import FrozenDict, freeze
 from .ranges import expand_range, is_number, number_text
-from .vocab import AXES, DEFAULT_OPTIONS, MAX_SEED, SCHEDULER_NAMES, SETTINGS, SIZE_ARGUMENTS, suggest
+from .vocab import (AXES, DEFAULT_OPTIONS, MAX_SEED, SCHEDULER_NAMES, SETTINGS, SIZE_ARGUMENTS, TINY_ADAPTER_SUFFIXES,
+                    suggest, tiny_adapter)
 
 # The pipelines whose `__call__` keywords a spec may set, and their files inside the diffusers
 # package: every model family's (`Family.call_pipelines`), in registry order.
@@ -474,19 +475,22 @@ def _source(key, item) -> str:
             f"name such as 'tiny/sd15-lora'), got {item!r}"
         )
     if item.startswith("tiny/"):
-        kind = "ip_adapter" if key.startswith("ip_adapter") else "lora"
-        names = tiny_adapters(kind)
-        if item not in names:
-            what = "IP-Adapter" if kind == "ip_adapter" else "LoRA"
-            raise ValidationError(f"`{key}` {item!r} is not an embedded tiny {what}; the tiny ones are "
-                                  f"{names}{suggest(item, names)}")
+        check_tiny_adapter("ip_adapter" if key.startswith("ip_adapter") else "lora", item)
     return item
 
 
 def tiny_adapters(kind: str) -> list[str]:
     """The embedded tiny LoRAs (`kind` "lora") or IP-Adapters ("ip_adapter"), by their names."""
-    suffix = "-lora" if kind == "lora" else "-ip-adapter"
-    return [name for name in tiny_models() if name.endswith(suffix)]
+    return [name for name in tiny_models() if (tiny_adapter(name) or (None,))[0] == kind]
+
+
+def check_tiny_adapter(kind: str, name: str) -> None:
+    """A tiny name given as adapter `kind` must be one of the embedded tiny adapters of that kind."""
+    names = tiny_adapters(kind)
+    if name not in names:
+        what = TINY_ADAPTER_SUFFIXES[kind][1]
+        raise ValidationError(f"`{kind}` {name!r} is not an embedded tiny {what}; the tiny ones are "
+                              f"{names}{suggest(name, names)}")
 
 
 def _weight(key, source, weight) -> float:

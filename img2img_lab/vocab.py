@@ -165,6 +165,22 @@ def is_tiny(model) -> bool:
     return isinstance(model, str) and model.startswith(TINY_PREFIX)
 
 
+# A tiny adapter twin is named after the tiny model it is made for: "tiny/sd15-lora" (a LoRA),
+# "tiny/sd15-ip-adapter" (an IP-Adapter). Adapter kind (its spec key) -> the suffix and its name.
+TINY_ADAPTER_SUFFIXES = {"lora": ("-lora", "LoRA"), "ip_adapter": ("-ip-adapter", "IP-Adapter")}
+
+
+def tiny_adapter(name) -> tuple[str, str] | None:
+    """(kind, base model) of a tiny adapter's name: `("lora", "tiny/sd15")` for "tiny/sd15-lora";
+    None for anything else (it need not exist: the registry knows which do)."""
+    if not is_tiny(name):
+        return None
+    for kind, (suffix, _) in TINY_ADAPTER_SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind, name.removesuffix(suffix)
+    return None
+
+
 def is_url(text) -> bool:
     """Whether `text` is an `http(s)://` URL (an init image to download)."""
     return isinstance(text, str) and text.startswith(("http://", "https://"))
